@@ -7,6 +7,7 @@ Sections map to variable names with one underscore after the section name, so
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Literal
 
@@ -147,3 +148,24 @@ class Settings(BaseSettings):
         if self.env == "prod" and self.auth.token_secret.get_secret_value() == DEV_TOKEN_SECRET:
             raise ValueError("OUTBOX_AUTH_TOKEN_SECRET must be set when OUTBOX_ENV=prod")
         return self
+
+
+def settings_to_env(settings: Settings) -> dict[str, str]:
+    """`OUTBOX_*` variables that rebuild `settings` in a child process (tests, `outbox dev`)."""
+    env: dict[str, str] = {"OUTBOX_ENV": settings.env}
+    for section_name in type(settings).model_fields:
+        section = getattr(settings, section_name)
+        if not isinstance(section, BaseModel):
+            continue
+        for field_name in type(section).model_fields:
+            value = getattr(section, field_name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            elif isinstance(value, list | dict):
+                text = json.dumps(value)
+            else:
+                text = str(value)
+            env[f"OUTBOX_{section_name.upper()}_{field_name.upper()}"] = text
+    return env

@@ -1,0 +1,1 @@
+"""The REST API: authenticated transactional writes, reads from MongoDB, public search."""

@@ -1,0 +1,5 @@
+"""Public search over Elasticsearch (placeholder until the indexer work lands)."""
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["search"])
