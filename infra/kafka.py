@@ -11,7 +11,8 @@ from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from infra.errors import FatalError, RetriableError, ServerUnreachableError
 from infra.settings import KafkaSettings

@@ -16,6 +16,7 @@ from tenacity import (
     stop_after_delay,
     wait_random_exponential,
 )
+from tenacity.stop import stop_base
 
 from infra.errors import RetriableError
 
@@ -54,7 +55,7 @@ def retrying(
     Stops after `attempts` tries or `max_delay_s`, whichever comes first, and re-raises
     the last error. Pass `attempts=0` to retry until `max_delay_s` only.
     """
-    stop = stop_after_delay(max_delay_s)
+    stop: stop_base = stop_after_delay(max_delay_s)
     if attempts > 0:
         stop = stop | stop_after_attempt(attempts)
     return AsyncRetrying(

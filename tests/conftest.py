@@ -49,9 +49,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerUrls]:
     if all(external):
         yield ServerUrls(*external)  # type: ignore[arg-type]
         return
-    stack = EmbeddedStack.on_free_ports(
-        tmp_path_factory.mktemp("stack"), persistent=False
-    )
+    stack = EmbeddedStack.on_free_ports(tmp_path_factory.mktemp("stack"), persistent=False)
     stack.start()
     try:
         yield ServerUrls(stack.mongo_uri, stack.kafka_bootstrap, stack.es_url)
