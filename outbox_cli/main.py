@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from infra.settings import Settings
 from outbox_cli.services import run_service
+from outbox_cli.users import users_app
 
 app = typer.Typer(
     name="outbox",
@@ -13,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+app.add_typer(users_app, name="users")
 
 
 @app.command()
@@ -45,3 +50,22 @@ def indexer() -> None:
     from indexer.service import serve  # noqa: PLC0415
 
     run_service("indexer", serve, Settings())
+
+
+@app.command()
+def dev(
+    data_dir: Annotated[
+        Path, typer.Option(help="Where the embedded servers keep data and logs.")
+    ] = Path(".outbox-data"),
+    free_ports: Annotated[
+        bool, typer.Option("--free-ports", help="Pick free ports instead of the defaults.")
+    ] = False,
+    external: Annotated[
+        bool,
+        typer.Option("--external", help="Use the OUTBOX_* servers instead of embedded ones."),
+    ] = False,
+) -> None:
+    """Run the embedded servers and every service, supervised; Ctrl-C stops everything."""
+    from outbox_cli.dev import dev_main  # noqa: PLC0415
+
+    dev_main(data_dir, free_ports=free_ports, external=external)

@@ -1,0 +1,230 @@
+"""`outbox dev`: the embedded servers plus every service, supervised in one process tree."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from rich.console import Console
+
+from infra.devstack import (
+    EmbeddedStack,
+    ServerProcess,
+    ServerStartError,
+    free_port,
+    port_in_use,
+)
+from infra.logging import configure_logging
+from infra.settings import Settings, settings_to_env
+from outbox_cli.supervisor import ServiceSpec, ServiceStartError, Supervisor, child_env
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_PORTS = {"mongo": 27017, "kafka": 9092, "es": 9200, "auth": 50051, "api": 8000}
+DEV_USER = "dev"
+CREATE_ADMIN_FLAGS = ("--role", "admin", "--password-stdin")
+SERVER_WATCH_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    api_url: str
+    auth_target: str
+    mongo_uri: str
+    kafka_bootstrap: str
+    es_url: str
+
+    def write(self, data_dir: Path) -> Path:
+        path = data_dir / "endpoints.json"
+        path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
+        return path
+
+
+def _tcp_ready(port: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await asyncio.to_thread(port_in_use, port)
+
+    return check
+
+
+def _http_ready(url: str) -> Callable[[], Awaitable[bool]]:
+    def get() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    async def check() -> bool:
+        return await asyncio.to_thread(get)
+
+    return check
+
+
+def _port(name: str, free: bool) -> int:
+    return free_port() if free else DEFAULT_PORTS[name]
+
+
+def _service_specs(settings: Settings) -> list[ServiceSpec]:
+    env = child_env(settings_to_env(settings))
+    python = [sys.executable, "-m", "outbox_cli"]
+    return [
+        ServiceSpec("auth", [*python, "auth"], env, ready=_tcp_ready(settings.auth.port)),
+        ServiceSpec(
+            "api",
+            [*python, "api"],
+            env,
+            ready=_http_ready(f"http://{settings.api.host}:{settings.api.port}/healthz"),
+        ),
+        ServiceSpec("relay", [*python, "relay"], env),
+        ServiceSpec("indexer", [*python, "indexer"], env),
+    ]
+
+
+def _ensure_dev_user(settings: Settings, data_dir: Path) -> tuple[str, str] | None:
+    """A dev admin whose password lives in DATA_DIR/dev-credentials (mode 0600)."""
+    path = data_dir / "dev-credentials"
+    if path.exists():
+        username, _, password = path.read_text().strip().partition(":")
+        return username, password
+    password = secrets.token_urlsafe(12)
+    result = subprocess.run(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "outbox_cli", "users", "create", DEV_USER, *CREATE_ADMIN_FLAGS],
+        input=password,
+        text=True,
+        capture_output=True,
+        env=child_env(settings_to_env(settings)),
+        check=False,
+    )
+    if result.returncode != 0:
+        log.warning("dev_user_not_created", stderr=result.stderr.strip()[-500:])
+        return None
+    path.write_text(f"{DEV_USER}:{password}\n")
+    path.chmod(0o600)
+    return DEV_USER, password
+
+
+async def _watch_servers(stack: EmbeddedStack) -> None:
+    """Report a crashed embedded server loudly (with its log) and start it again."""
+    while True:
+        await asyncio.sleep(SERVER_WATCH_INTERVAL_S)
+        for server in stack.crashed():
+            await _restart_server(server)
+
+
+async def _restart_server(server: ServerProcess) -> None:
+    log.error(
+        "server_crashed",
+        server=server.name,
+        exit_code=server.exit_code(),
+        log_tail=server.log_tail(),
+    )
+    try:
+        await asyncio.to_thread(server.start)
+        log.warning("server_restarted", server=server.name)
+    except ServerStartError as e:  # reported; the next tick tries again
+        log.error("server_restart_failed", server=server.name, error=str(e))  # noqa: TRY400 - the message has the log tail
+
+
+async def run_dev(data_dir: Path, *, free_ports: bool, external: bool) -> None:
+    """Start everything, print the endpoints, run until cancelled, stop everything."""
+    console = Console(stderr=True)
+    base = Settings()
+    stack: EmbeddedStack | None = None
+    if not external:
+        stack = EmbeddedStack(
+            data_dir=data_dir,
+            mongo_port=_port("mongo", free_ports),
+            kafka_port=_port("kafka", free_ports),
+            es_port=_port("es", free_ports),
+        )
+        console.print(f"starting embedded servers (data in {data_dir}) …")
+        await asyncio.to_thread(stack.start)
+    auth_port = _port("auth", free_ports)
+    api_port = _port("api", free_ports)
+    settings = base.model_copy(
+        update={
+            "mongo": base.mongo.model_copy(update={"uri": stack.mongo_uri})
+            if stack
+            else base.mongo,
+            "kafka": base.kafka.model_copy(update={"bootstrap": stack.kafka_bootstrap})
+            if stack
+            else base.kafka,
+            "es": base.es.model_copy(update={"url": stack.es_url}) if stack else base.es,
+            "auth": base.auth.model_copy(
+                update={"port": auth_port, "target": f"127.0.0.1:{auth_port}"}
+            ),
+            "api": base.api.model_copy(update={"port": api_port}),
+        }
+    )
+    supervisor = Supervisor()
+    watcher: asyncio.Task[None] | None = None
+    try:
+        if stack is not None:
+            watcher = asyncio.create_task(_watch_servers(stack))
+        await supervisor.start(_service_specs(settings))
+        credentials = await asyncio.to_thread(_ensure_dev_user, settings, data_dir)
+        endpoints = Endpoints(
+            api_url=f"http://{settings.api.host}:{settings.api.port}",
+            auth_target=settings.auth.target,
+            mongo_uri=settings.mongo.uri,
+            kafka_bootstrap=settings.kafka.bootstrap,
+            es_url=settings.es.url,
+        )
+        path = endpoints.write(data_dir)
+        _print_banner(console, endpoints, path, credentials)
+        await asyncio.Event().wait()  # until Ctrl-C / SIGTERM cancels us
+    finally:
+        console.print("stopping …")
+        if watcher is not None:
+            watcher.cancel()
+        await supervisor.stop()
+        if stack is not None:
+            await asyncio.to_thread(stack.stop)
+        console.print("stopped")
+
+
+def _print_banner(
+    console: Console, endpoints: Endpoints, path: Path, credentials: tuple[str, str] | None
+) -> None:
+    console.print("\n[bold green]outbox dev is ready[/]")
+    console.print(f"  API        {endpoints.api_url}  (docs: {endpoints.api_url}/docs)")
+    console.print(f"  auth gRPC  {endpoints.auth_target}")
+    console.print(f"  MongoDB    {endpoints.mongo_uri}")
+    console.print(f"  Kafka      {endpoints.kafka_bootstrap}")
+    console.print(f"  Elastic    {endpoints.es_url}")
+    console.print(f"  endpoints  {path}")
+    if credentials:
+        console.print(f"  dev admin  {credentials[0]} / {credentials[1]}  (from {path.parent})")
+    console.print("Ctrl-C stops everything.\n")
+
+
+def dev_main(data_dir: Path, *, free_ports: bool, external: bool) -> None:
+    """Entry point for the `outbox dev` command."""
+    settings = Settings()
+    configure_logging(settings.log, service="dev")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        asyncio.run(_run_until_signal(data_dir, free_ports=free_ports, external=external))
+    except (ServerStartError, ServiceStartError) as e:
+        Console(stderr=True).print(f"[bold red]outbox dev could not start:[/] {e}")
+        raise SystemExit(1) from e
+
+
+async def _run_until_signal(data_dir: Path, *, free_ports: bool, external: bool) -> None:
+    task = asyncio.ensure_future(run_dev(data_dir, free_ports=free_ports, external=external))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):  # the signal's normal way out
+        await task
