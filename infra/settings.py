@@ -82,6 +82,8 @@ class AuthSettings(BaseModel):
     token_secret: SecretStr = SecretStr(DEV_TOKEN_SECRET)
     token_ttl_seconds: int = Field(default=3600, ge=60)
     verify_cache_seconds: float = Field(default=5.0, ge=0)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9103
 
 
 class ApiSettings(BaseModel):
@@ -103,7 +105,10 @@ class RelaySettings(BaseModel):
     batch_max_ms: int = Field(default=100, ge=1)
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     lease_ttl_seconds: float = Field(default=6.0, gt=0)
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = 9101
+    # Readiness turns red when records wait and no batch committed for this long.
+    stall_after_seconds: float = Field(default=30.0, gt=0)
 
 
 class IndexerSettings(BaseModel):
@@ -112,7 +117,10 @@ class IndexerSettings(BaseModel):
     group_id: str = "outbox-indexer"
     batch_max_events: int = Field(default=1000, ge=1)
     batch_max_ms: int = Field(default=200, ge=1)
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = 9102
+    # Readiness turns red when events wait (consumer lag) and nothing was indexed this long.
+    stall_after_seconds: float = Field(default=30.0, gt=0)
 
 
 class LogSettings(BaseModel):
