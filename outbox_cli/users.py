@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, NoReturn
 
 import typer
@@ -27,7 +27,7 @@ from infra.settings import Settings
 users_app = typer.Typer(help="Manage users of the auth service.", no_args_is_help=True)
 
 
-class RoleChoice(str, Enum):
+class RoleChoice(StrEnum):
     reader = "reader"
     writer = "writer"
     admin = "admin"
