@@ -30,7 +30,16 @@ from outbox_cli.supervisor import ServiceSpec, ServiceStartError, Supervisor, ch
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_PORTS = {"mongo": 27017, "kafka": 9092, "es": 9200, "auth": 50051, "api": 8000}
+DEFAULT_PORTS = {
+    "mongo": 27017,
+    "kafka": 9092,
+    "es": 9200,
+    "auth": 50051,
+    "api": 8000,
+    "auth_metrics": 9103,
+    "relay_metrics": 9101,
+    "indexer_metrics": 9102,
+}
 DEV_USER = "dev"
 CREATE_ADMIN_FLAGS = ("--role", "admin", "--password-stdin")
 SERVER_WATCH_INTERVAL_S = 1.0
@@ -162,9 +171,19 @@ async def run_dev(data_dir: Path, *, free_ports: bool, external: bool) -> None:
             else base.kafka,
             "es": base.es.model_copy(update={"url": stack.es_url}) if stack else base.es,
             "auth": base.auth.model_copy(
-                update={"port": auth_port, "target": f"127.0.0.1:{auth_port}"}
+                update={
+                    "port": auth_port,
+                    "target": f"127.0.0.1:{auth_port}",
+                    "metrics_port": _port("auth_metrics", free_ports),
+                }
             ),
             "api": base.api.model_copy(update={"port": api_port}),
+            "relay": base.relay.model_copy(
+                update={"metrics_port": _port("relay_metrics", free_ports)}
+            ),
+            "indexer": base.indexer.model_copy(
+                update={"metrics_port": _port("indexer_metrics", free_ports)}
+            ),
         }
     )
     supervisor = Supervisor()
