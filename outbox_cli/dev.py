@@ -30,16 +30,8 @@ from outbox_cli.supervisor import ServiceSpec, ServiceStartError, Supervisor, ch
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_PORTS = {
-    "mongo": 27017,
-    "kafka": 9092,
-    "es": 9200,
-    "auth": 50051,
-    "api": 8000,
-    "auth_metrics": 9103,
-    "relay_metrics": 9101,
-    "indexer_metrics": 9102,
-}
+# The embedded servers' ports; the services' come from their settings (OUTBOX_API_PORT, ...).
+SERVER_PORTS = {"mongo": 27017, "kafka": 9092, "es": 9200}
 DEV_USER = "dev"
 CREATE_ADMIN_FLAGS = ("--role", "admin", "--password-stdin")
 SERVER_WATCH_INTERVAL_S = 1.0
@@ -80,8 +72,8 @@ def _http_ready(url: str) -> Callable[[], Awaitable[bool]]:
     return check
 
 
-def _port(name: str, free: bool) -> int:
-    return free_port() if free else DEFAULT_PORTS[name]
+def _port(configured: int, free: bool) -> int:
+    return free_port() if free else configured
 
 
 def _service_specs(settings: Settings) -> list[ServiceSpec]:
@@ -153,14 +145,14 @@ async def run_dev(data_dir: Path, *, free_ports: bool, external: bool) -> None:
     if not external:
         stack = EmbeddedStack(
             data_dir=data_dir,
-            mongo_port=_port("mongo", free_ports),
-            kafka_port=_port("kafka", free_ports),
-            es_port=_port("es", free_ports),
+            mongo_port=_port(SERVER_PORTS["mongo"], free_ports),
+            kafka_port=_port(SERVER_PORTS["kafka"], free_ports),
+            es_port=_port(SERVER_PORTS["es"], free_ports),
         )
         console.print(f"starting embedded servers (data in {data_dir}) …")
         await asyncio.to_thread(stack.start)
-    auth_port = _port("auth", free_ports)
-    api_port = _port("api", free_ports)
+    auth_port = _port(base.auth.port, free_ports)
+    api_port = _port(base.api.port, free_ports)
     settings = base.model_copy(
         update={
             "mongo": base.mongo.model_copy(update={"uri": stack.mongo_uri})
@@ -174,15 +166,15 @@ async def run_dev(data_dir: Path, *, free_ports: bool, external: bool) -> None:
                 update={
                     "port": auth_port,
                     "target": f"127.0.0.1:{auth_port}",
-                    "metrics_port": _port("auth_metrics", free_ports),
+                    "metrics_port": _port(base.auth.metrics_port, free_ports),
                 }
             ),
             "api": base.api.model_copy(update={"port": api_port}),
             "relay": base.relay.model_copy(
-                update={"metrics_port": _port("relay_metrics", free_ports)}
+                update={"metrics_port": _port(base.relay.metrics_port, free_ports)}
             ),
             "indexer": base.indexer.model_copy(
-                update={"metrics_port": _port("indexer_metrics", free_ports)}
+                update={"metrics_port": _port(base.indexer.metrics_port, free_ports)}
             ),
         }
     )
