@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from elastic_transport.client_utils import DEFAULT
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 from elasticsearch import ConnectionError as EsConnectionError
 
@@ -19,6 +20,7 @@ def elastic_client(settings: ElasticSettings) -> AsyncElasticsearch:
     return AsyncElasticsearch(
         settings.url,
         basic_auth=auth,
+        ca_certs=settings.ca_certs or DEFAULT,
         request_timeout=settings.request_timeout_s,
         max_retries=0,
         retry_on_timeout=False,

@@ -28,7 +28,19 @@ async def ping(client: MongoClient, settings: MongoSettings) -> None:
     try:
         await client.admin.command("ping")
     except PyMongoError as e:
-        raise ServerUnreachableError(f"MongoDB at {settings.uri} is unreachable: {e}") from e
+        raise ServerUnreachableError(
+            f"MongoDB at {redact_uri(settings.uri)} is unreachable: {e}"
+        ) from e
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without its password, fit for logs and error messages."""
+    scheme, sep, rest = uri.partition("://")
+    credentials, at, hosts = rest.rpartition("@")
+    if not at:
+        return uri
+    user = credentials.partition(":")[0]
+    return f"{scheme}{sep}{user}:***@{hosts}"
 
 
 def map_mongo_error(e: PyMongoError) -> RetriableError | FatalError:

@@ -64,6 +64,7 @@ class ElasticSettings(BaseModel):
     index_prefix: str = "outbox-"
     username: str | None = None
     password: SecretStr | None = None
+    ca_certs: str | None = None  # PEM file for a private CA (Elasticsearch's own http_ca.crt)
     request_timeout_s: float = 30.0
     # Per-collection mapping overrides, JSON: {"books": {"properties": {...}}}.
     mappings: dict[str, dict[str, object]] = Field(default_factory=dict)
