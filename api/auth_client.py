@@ -1,0 +1,125 @@
+"""The API's client of the gRPC auth service: Verify (with a short TTL cache) and Login.
+
+Every call has a deadline, so an unreachable auth service yields a 503 quickly, never a
+hang. A revoked token keeps working for at most `auth.verify_cache_seconds`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from api.problems import ProblemError, unauthorized
+from infra.errors import ServerUnreachableError
+from infra.settings import AuthSettings
+from protos.auth.v1 import auth_pb2, auth_pb2_grpc
+
+VERIFY_TIMEOUT_S = 2.0
+LOGIN_TIMEOUT_S = 5.0  # argon2id hashing on the server side takes a while
+CACHE_MAX_ENTRIES = 10_000
+
+ROLE_NAMES = {
+    auth_pb2.ROLE_READER: "reader",
+    auth_pb2.ROLE_WRITER: "writer",
+    auth_pb2.ROLE_ADMIN: "admin",
+}
+WRITE_ROLES = frozenset({"writer", "admin"})
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a verified token belongs to."""
+
+    user_id: str
+    username: str
+    roles: frozenset[str]
+
+    @property
+    def can_write(self) -> bool:
+        return bool(self.roles & WRITE_ROLES)
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    access_token: str
+    token_type: str
+    expires_in: int
+
+
+class GrpcAuthClient:
+    """Verify and Login over a `grpc.aio` channel the caller owns."""
+
+    def __init__(self, channel: grpc.aio.Channel, settings: AuthSettings) -> None:
+        self._stub = auth_pb2_grpc.AuthServiceStub(channel)
+        self._target = settings.target
+        self._ttl = settings.verify_cache_seconds
+        # token digest → (monotonic expiry, principal); oldest first for eviction.
+        self._cache: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
+
+    async def verify(self, token: str) -> Principal:
+        """The token's principal; `ProblemError` 401 if it is bad, expired or revoked."""
+        key = hashlib.sha256(token.encode()).digest()
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None:
+            if cached[0] > now:
+                return cached[1]
+            del self._cache[key]
+        try:
+            reply = await self._stub.Verify(
+                auth_pb2.VerifyRequest(token=token), timeout=VERIFY_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as e:
+            raise self._map_error(e, "verify") from e
+        principal = Principal(
+            user_id=reply.user_id,
+            username=reply.username,
+            roles=frozenset(ROLE_NAMES[r] for r in reply.roles if r in ROLE_NAMES),
+        )
+        if self._ttl > 0:
+            # Never cache past the token's own expiry.
+            lifetime = min(self._ttl, max(0.0, reply.expires_at - time.time()))
+            self._cache[key] = (now + lifetime, principal)
+            while len(self._cache) > CACHE_MAX_ENTRIES:
+                self._cache.popitem(last=False)
+        return principal
+
+    async def login(self, username: str, password: str) -> IssuedToken:
+        """Exchange credentials for a token; `ProblemError` 401 on bad credentials."""
+        try:
+            reply = await self._stub.Login(
+                auth_pb2.LoginRequest(username=username, password=password),
+                timeout=LOGIN_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as e:
+            raise self._map_error(e, "login") from e
+        return IssuedToken(
+            access_token=reply.access_token,
+            token_type=reply.token_type or "bearer",
+            expires_in=int(reply.expires_in),
+        )
+
+    def _map_error(self, e: grpc.aio.AioRpcError, call: str) -> Exception:
+        code = e.code()
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            if call == "login":
+                return unauthorized("invalid username or password")
+            return unauthorized("the bearer token is invalid, expired or revoked")
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return ProblemError(422, e.details() or "invalid argument", title="Invalid input")
+        if code in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}:
+            log.warning("auth_service_unreachable", call=call, code=code.name)
+            return ServerUnreachableError(f"the auth service at {self._target} did not answer")
+        log.error("auth_call_failed", call=call, code=code.name)
+        return ServerUnreachableError(f"the auth service failed ({code.name})")

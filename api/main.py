@@ -1,0 +1,100 @@
+"""The REST API application: `create_app(settings)` and `serve(settings)` (uvicorn)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Generator
+
+import grpc
+import structlog
+import uvicorn
+from fastapi import FastAPI
+
+from api.auth_client import GrpcAuthClient
+from api.documents import MongoDocumentStore
+from api.metrics import ApiMetrics
+from api.middleware import RequestMiddleware
+from api.problems import install_problem_handlers
+from api.routes import auth, documents, health, search
+from infra.elastic import elastic_client
+from infra.errors import FatalError
+from infra.mongo import mongo_client
+from infra.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The app; its lifespan opens and closes the MongoDB, gRPC and Elasticsearch clients."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        mongo = mongo_client(settings.mongo, app_name="outbox-api")
+        auth_channel = grpc.aio.insecure_channel(settings.auth.target)
+        es = elastic_client(settings.es)
+        try:
+            store = MongoDocumentStore(
+                mongo, settings.mongo, max_document_bytes=settings.api.max_body_bytes
+            )
+            await store.ensure_indexes()
+            app.state.mongo = mongo
+            app.state.auth_channel = auth_channel
+            app.state.auth_client = GrpcAuthClient(auth_channel, settings.auth)
+            app.state.es = es
+            app.state.document_store = store
+            log.info("api_started", auth_target=settings.auth.target)
+            yield
+        finally:
+            await es.close()
+            await auth_channel.close(grace=None)
+            await mongo.close()
+            log.info("api_stopped")
+
+    app = FastAPI(
+        title="outbox-pipeline",
+        summary="Transactional writes to MongoDB, searched through Elasticsearch.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = ApiMetrics()
+    install_problem_handlers(app)
+    app.add_middleware(RequestMiddleware, metrics=app.state.metrics)
+    app.include_router(auth.router)
+    app.include_router(documents.router)
+    app.include_router(search.router)
+    app.include_router(health.router)
+    return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the caller cancels `serve()` to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def serve(settings: Settings) -> None:
+    """Run the API until cancelled; on cancel, finish in-flight requests and the lifespan."""
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.api.host,
+        port=settings.api.port,
+        log_config=None,
+        access_log=False,  # RequestMiddleware logs one line per request
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        await task
+        raise
+    if server.started is False:
+        raise FatalError(f"the API did not start on {settings.api.host}:{settings.api.port}")

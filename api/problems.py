@@ -1,0 +1,151 @@
+"""RFC 9457 problem details for every error the API returns, and the handlers that make them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.validation import BodyTooLargeError, InputError, MalformedJsonError
+from api.versioning import (
+    DocumentExistsError,
+    DocumentNotFoundError,
+    PreconditionFailedError,
+    WriteRejectedError,
+)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://outbox-pipeline.dev/problems/"
+
+log = structlog.get_logger(__name__)
+
+
+class ProblemError(Exception):
+    """Raise anywhere in a request to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        title: str | None = None,
+        type_: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.title = title or _phrase(status)
+        self.type = type_ or _slug(self.title)
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+
+def unauthorized(detail: str) -> ProblemError:
+    return ProblemError(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def service_unavailable(detail: str) -> ProblemError:
+    return ProblemError(503, detail, type_="dependency-unavailable", headers={"Retry-After": "1"})
+
+
+def problem_response(request: Request, problem: ProblemError) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + problem.type,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        "instance": request.url.path,
+        **problem.extra,
+    }
+    return JSONResponse(
+        jsonable_encoder(body),
+        status_code=problem.status,
+        headers=problem.headers,
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def problem_for_domain_error(  # noqa: PLR0911 - one return per error class reads best
+    e: InputError | WriteRejectedError,
+) -> ProblemError:
+    """Map the pure modules' errors to HTTP."""
+    if isinstance(e, BodyTooLargeError):
+        return ProblemError(413, str(e))
+    if isinstance(e, MalformedJsonError):
+        return ProblemError(400, str(e), title="Malformed JSON")
+    if isinstance(e, InputError):
+        return ProblemError(422, str(e), title="Invalid input")
+    if isinstance(e, DocumentNotFoundError):
+        return ProblemError(404, str(e), title="Document not found")
+    if isinstance(e, DocumentExistsError):
+        return ProblemError(409, str(e), title="Document already exists")
+    if isinstance(e, PreconditionFailedError):
+        return ProblemError(412, str(e))
+    return ProblemError(409, str(e), title="Write rejected")
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Answer HTTP errors, validation errors and domain errors with problem+json.
+
+    Unexpected exceptions and dependency outages are handled by `RequestMiddleware`
+    (a handler for `Exception` here would run in Starlette's outermost middleware,
+    which re-raises after answering).
+    """
+
+    async def on_problem(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ProblemError)
+        return problem_response(request, exc)
+
+    async def on_domain(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, InputError | WriteRejectedError)
+        return problem_response(request, problem_for_domain_error(exc))
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        problem = ProblemError(
+            exc.status_code,
+            str(exc.detail) if exc.detail else _phrase(exc.status_code),
+            headers=exc.headers,
+        )
+        if exc.status_code == 404 and exc.detail == "Not Found":
+            problem.detail = f"no route for {request.method} {request.url.path}"
+        return problem_response(request, problem)
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type")}
+            for err in exc.errors()
+        ]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"])
+        problem = ProblemError(
+            422, f"{where}: {first['msg']}", title="Invalid input", extra={"errors": errors}
+        )
+        return problem_response(request, problem)
+
+    app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(InputError, on_domain)
+    app.add_exception_handler(WriteRejectedError, on_domain)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_validation)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _slug(title: str) -> str:
+    return "-".join(title.lower().replace("'", "").split())

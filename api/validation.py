@@ -1,0 +1,180 @@
+"""Input rules for the REST API, as pure functions: names, ids, JSON bodies, merge patch.
+
+Everything here is free of I/O so it can be tested in milliseconds. The HTTP layer maps
+`InvalidInputError` (422), `MalformedJsonError` (400) and `BodyTooLargeError` (413) to problems.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+COLLECTION_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+DOCUMENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}$")
+# BSON stores integers as signed 64 bits; a larger JSON integer cannot be stored faithfully.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+MERGE_PATCH_MEDIA_TYPE = "application/merge-patch+json"
+
+
+class InputError(ValueError):
+    """A request the API refuses before touching any server."""
+
+
+class InvalidInputError(InputError):
+    """Well-formed but not acceptable (HTTP 422)."""
+
+
+class MalformedJsonError(InputError):
+    """Not JSON at all (HTTP 400)."""
+
+
+class BodyTooLargeError(InputError):
+    """Over the configured byte limit (HTTP 413)."""
+
+
+def check_collection_name(name: str, *, reserved: frozenset[str] = frozenset()) -> str:
+    """Return `name` if it is a usable collection name; `reserved` are internal collections."""
+    if not COLLECTION_RE.fullmatch(name):
+        raise InvalidInputError(
+            f"collection name {name!r} must match {COLLECTION_RE.pattern} "
+            "(lowercase letter first, then up to 63 of a-z 0-9 _ -)"
+        )
+    if name in reserved:
+        raise InvalidInputError(f"collection name {name!r} is reserved for internal use")
+    return name
+
+
+def check_document_id(document_id: object) -> str:
+    """Return the id if it is a string of the allowed shape."""
+    if not isinstance(document_id, str) or not DOCUMENT_ID_RE.fullmatch(document_id):
+        raise InvalidInputError(
+            f"document id must be a string matching {DOCUMENT_ID_RE.pattern}, "
+            f"got {_short(document_id)}"
+        )
+    return document_id
+
+
+def check_body_size(size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise BodyTooLargeError(f"request body exceeds the limit of {max_bytes} bytes")
+
+
+def parse_json_object(raw: bytes, *, max_depth: int) -> dict[str, Any]:
+    """Decode a request body that must be a JSON object, then check it (`check_document`)."""
+    if not raw.strip():
+        raise MalformedJsonError("request body is empty; expected a JSON object")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise MalformedJsonError(f"request body is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"request body must be a JSON object, got {_json_kind(value)}")
+    check_document(value, max_depth=max_depth)
+    return value
+
+
+def check_document(document: dict[str, Any], *, max_depth: int) -> None:
+    """Refuse keys MongoDB treats specially, excessive nesting and integers BSON cannot hold.
+
+    The top-level object is depth 1; each nested object or array adds one.
+    """
+    # An explicit stack: a hostile body must not be able to exhaust Python's recursion.
+    stack: list[tuple[Any, int, str]] = [(document, 1, "")]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, dict | list) and depth > max_depth:
+            raise InvalidInputError(f"nesting deeper than {max_depth} levels at {path or '/'}")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_key(key, path)
+                stack.append((item, depth + 1, f"{path}/{_escape_pointer(key)}"))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                stack.append((item, depth + 1, f"{path}/{index}"))
+        elif (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and not INT64_MIN <= value <= INT64_MAX
+        ):
+            raise InvalidInputError(f"integer at {path} does not fit in 64 bits")
+
+
+def _check_key(key: str, path: str) -> None:
+    where = f"{path}/{_escape_pointer(key)}"
+    if key.startswith("$"):
+        raise InvalidInputError(f"key at {_short(where)} starts with '$'")
+    if "." in key:
+        raise InvalidInputError(f"key at {_short(where)} contains '.'")
+    if "\x00" in key:
+        shown = _short(where.replace("\x00", "\\0"))
+        raise InvalidInputError(f"key at {shown} contains NUL")
+
+
+def depth_of(value: Any) -> int:
+    """Nesting depth as `check_document` counts it (scalars are 0, `{}` is 1)."""
+    best = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            best = max(best, depth + 1)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            best = max(best, depth + 1)
+            stack.extend((v, depth + 1) for v in item)
+    return best
+
+
+def split_body_id(
+    body: dict[str, Any], *, path_id: str | None
+) -> tuple[str | None, dict[str, Any]]:
+    """Take the optional `id` out of a body; on PUT/PATCH it must equal the path id."""
+    document = dict(body)
+    if "id" not in document:
+        return path_id, document
+    body_id = check_document_id(document.pop("id"))
+    if path_id is not None and body_id != path_id:
+        raise InvalidInputError(f"body id {body_id!r} differs from the path id {path_id!r}")
+    return body_id, document
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch: the new value, inputs left unchanged."""
+    if not isinstance(patch, dict):
+        return patch
+    result: dict[str, Any] = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def encoded_size(document: dict[str, Any]) -> int:
+    """Bytes of the document as JSON: the unit of the body limit and of Kafka's message size."""
+    return len(orjson.dumps(document))
+
+
+def _escape_pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array"
