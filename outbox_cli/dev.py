@@ -44,6 +44,7 @@ class Endpoints:
     mongo_uri: str
     kafka_bootstrap: str
     es_url: str
+    metrics: dict[str, str]  # service → Prometheus scrape URL
 
     def write(self, data_dir: Path) -> Path:
         path = data_dir / "endpoints.json"
@@ -90,6 +91,17 @@ def _service_specs(settings: Settings) -> list[ServiceSpec]:
         ServiceSpec("relay", [*python, "relay"], env),
         ServiceSpec("indexer", [*python, "indexer"], env),
     ]
+
+
+def _metrics_urls(settings: Settings) -> dict[str, str]:
+    return {
+        "api": f"http://{settings.api.host}:{settings.api.port}/metrics",
+        "auth": f"http://{settings.auth.metrics_host}:{settings.auth.metrics_port}/metrics",
+        "relay": f"http://{settings.relay.metrics_host}:{settings.relay.metrics_port}/metrics",
+        "indexer": (
+            f"http://{settings.indexer.metrics_host}:{settings.indexer.metrics_port}/metrics"
+        ),
+    }
 
 
 def _ensure_dev_user(settings: Settings, data_dir: Path) -> tuple[str, str] | None:
@@ -191,6 +203,7 @@ async def run_dev(data_dir: Path, *, free_ports: bool, external: bool) -> None:
             mongo_uri=settings.mongo.uri,
             kafka_bootstrap=settings.kafka.bootstrap,
             es_url=settings.es.url,
+            metrics=_metrics_urls(settings),
         )
         path = endpoints.write(data_dir)
         _print_banner(console, endpoints, path, credentials)

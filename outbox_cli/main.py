@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from infra.settings import Settings
+from outbox_cli.ops import dlq_app, reconcile, reindex, replay, status
 from outbox_cli.services import run_service
 from outbox_cli.users import users_app
 
@@ -18,6 +19,11 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(users_app, name="users")
+app.command()(status)
+app.command()(replay)
+app.command()(reconcile)
+app.command()(reindex)
+app.add_typer(dlq_app, name="dlq")
 
 
 @app.command()

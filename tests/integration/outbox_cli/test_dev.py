@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-ENDPOINT_KEYS = {"api_url", "auth_target", "mongo_uri", "kafka_bootstrap", "es_url"}
+ENDPOINT_KEYS = {"api_url", "auth_target", "mongo_uri", "kafka_bootstrap", "es_url", "metrics"}
 START_TIMEOUT_S = 60.0
 
 
