@@ -16,7 +16,7 @@ from api.documents import MongoDocumentStore
 from api.metrics import ApiMetrics
 from api.middleware import RequestMiddleware
 from api.problems import install_problem_handlers
-from api.routes import auth, documents, health, search
+from api.routes import auth, documents, health, operator, search
 from infra.elastic import elastic_client
 from infra.errors import FatalError
 from infra.mongo import mongo_client
@@ -64,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(documents.router)
     app.include_router(search.router)
+    app.include_router(operator.router)
     app.include_router(health.router)
     return app
 

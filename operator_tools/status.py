@@ -1,0 +1,317 @@
+"""`outbox status`: one read-only look at every stage, in a second or two.
+
+Definitions (also in docs/operating.md):
+
+- **backlog**: outbox records (of the relay's collections) whose `time` is later than
+  the relay's position, i.e. committed in MongoDB but not yet in a committed Kafka
+  transaction. The position is the later of the time of the record named by the last
+  *committed* Kafka checkpoint (`last_event_id`) and, in stream mode, the checkpoint's
+  oplog time (second precision; heartbeat checkpoints move it on while the outbox is
+  idle). So it is exact to within about a second plus the clock skew between the API
+  hosts and MongoDB: a record committed in the same second just before the checkpoint
+  may still be counted until the next heartbeat. No checkpoint yet: every retained record.
+- **relay lag**: newest outbox record time minus the position (0 when there is no
+  backlog).
+- **consumer lag**: per event-topic partition, high watermark minus the indexer group's
+  committed offset (transaction markers count as one offset each, so an idle partition
+  written transactionally may show a lag of 1 at most per open marker).
+- **DLQ size**: dead letters not yet re-driven.
+
+Problems (exit 1): no active holder of the relay's lease, or a non-empty DLQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from elasticsearch import ApiError, NotFoundError, TransportError
+
+from indexer.projection import LIVE_FILTER
+from infra.elastic import map_elastic_error
+from infra.kafka import admin_client, consumer_config, map_kafka_error
+from infra.settings import KafkaSettings
+from operator_tools.backends import CONNECT_TIMEOUT_S, Backends
+from operator_tools.dlq import list_entries
+from operator_tools.reconcile import collections_to_check
+from outbox_relay.checkpoint import CheckpointMode
+from outbox_relay.kafka_reader import read_checkpoint
+from outbox_relay.lease import LEASE_COLLECTION
+
+# Offset gaps up to this size are counted message by message (see `_count_small_gaps`).
+EXACT_LAG_BELOW = 100
+
+
+@dataclass
+class PartitionLag:
+    topic: str
+    partition: int
+    committed: int | None
+    end: int
+    lag: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "committed": self.committed,
+            "end": self.end,
+            "lag": self.lag,
+        }
+
+
+@dataclass
+class StatusReport:
+    """Everything `outbox status` shows; `problems` decides the exit code."""
+
+    relay_name: str
+    backlog: int = 0
+    position_event_id: str | None = None
+    position_time: datetime | None = None
+    checkpoint_mode: str | None = None
+    checkpoint_written_at: datetime | None = None
+    newest_record_time: datetime | None = None
+    lag_seconds: float = 0.0
+    relays: list[dict[str, Any]] = field(default_factory=list)
+    consumer_lag: list[PartitionLag] = field(default_factory=list)
+    dlq_total: int = 0
+    dlq_pending: int = 0
+    collections: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def consumer_lag_total(self) -> int:
+        return sum(p.lag for p in self.consumer_lag)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": not self.problems,
+            "problems": self.problems,
+            "relay": {
+                "name": self.relay_name,
+                "backlog": self.backlog,
+                "lag_seconds": self.lag_seconds,
+                "position": {
+                    "event_id": self.position_event_id,
+                    "time": _iso(self.position_time),
+                    "checkpoint_mode": self.checkpoint_mode,
+                    "checkpoint_written_at": _iso(self.checkpoint_written_at),
+                },
+                "newest_record_time": _iso(self.newest_record_time),
+                "leases": self.relays,
+            },
+            "indexer": {
+                "consumer_lag_total": self.consumer_lag_total,
+                "partitions": [p.as_dict() for p in self.consumer_lag],
+            },
+            "dlq": {"pending": self.dlq_pending, "total": self.dlq_total},
+            "collections": self.collections,
+        }
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.isoformat()
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+async def _relay_position(backends: Backends, report: StatusReport) -> None:
+    settings = backends.settings
+    outbox = backends.db[settings.mongo.outbox_collection]
+    scope: dict[str, Any] = {}
+    if settings.relay.collections:
+        scope["collection"] = {"$in": settings.relay.collections}
+    checkpoint = await read_checkpoint(settings.kafka, settings.relay.name)
+    position: datetime | None = None
+    if checkpoint is not None:
+        report.checkpoint_mode = checkpoint.mode.value
+        report.checkpoint_written_at = checkpoint.written_at
+        report.position_event_id = checkpoint.last_event_id
+        candidates: list[datetime] = []
+        if checkpoint.last_event_id is not None:
+            raw = await outbox.find_one({"_id": checkpoint.last_event_id}, {"time": 1})
+            if raw is not None:  # else expired by TTL
+                candidates.append(_aware(raw["time"]))
+        if checkpoint.mode is CheckpointMode.STREAM and checkpoint.wall_time is not None:
+            # Everything committed up to the checkpoint's oplog time is published; heartbeat
+            # checkpoints move it forward while the outbox is idle.
+            candidates.append(checkpoint.wall_time)
+        position = max(candidates, default=None)
+    report.position_time = position
+    query = dict(scope)
+    if position is not None:
+        query["time"] = {"$gt": position}
+    report.backlog = await outbox.count_documents(query)
+    newest = await outbox.find_one(scope, {"time": 1}, sort=[("time", -1)])
+    if newest is not None:
+        report.newest_record_time = _aware(newest["time"])
+    if report.backlog and report.newest_record_time is not None:
+        since = position or report.newest_record_time
+        report.lag_seconds = max(0.0, (report.newest_record_time - since).total_seconds())
+
+
+async def _leases(backends: Backends, report: StatusReport) -> None:
+    now = datetime.now(UTC)
+    active = False
+    async for raw in backends.db[LEASE_COLLECTION].find({}):
+        expires = raw.get("expires_at")
+        live = raw.get("role") == "active" and expires is not None and _aware(expires) > now
+        if raw["_id"] == report.relay_name and live:
+            active = True
+        report.relays.append(
+            {
+                "name": raw["_id"],
+                "holder": raw.get("holder"),
+                "role": "active"
+                if live
+                else "expired"
+                if raw.get("role") == "active"
+                else raw.get("role"),
+                "expires_at": _iso(expires),
+                "last_checkpoint_time": _iso(raw.get("last_checkpoint_time")),
+                "events_published": raw.get("events_published"),
+                "events_dead_lettered": raw.get("events_dead_lettered"),
+                "oplog_seconds_left": raw.get("oplog_seconds_left"),
+            }
+        )
+    if not active:
+        report.problems.append(f"no active relay holds the lease {report.relay_name!r}")
+
+
+def consumer_lag_blocking(settings: KafkaSettings, group_id: str) -> list[PartitionLag]:
+    """Committed offsets of the indexer's group against each event partition's end."""
+    pattern = re.compile(settings.event_topic_pattern)
+    metadata = admin_client(settings).list_topics(timeout=CONNECT_TIMEOUT_S).topics
+    parts = [
+        TopicPartition(name, p)
+        for name in sorted(metadata)
+        if pattern.match(name)
+        for p in sorted(metadata[name].partitions)
+    ]
+    if not parts:
+        return []
+    # Same group id, never subscribed: reads the group's offsets without joining it.
+    consumer = Consumer(
+        consumer_config(settings, group_id, **{"client.id": f"ops-{uuid.uuid4().hex[:6]}"})
+    )
+    try:
+        committed = consumer.committed(parts, timeout=CONNECT_TIMEOUT_S * 2)
+        ends = [
+            consumer.get_watermark_offsets(
+                TopicPartition(tp.topic, tp.partition), timeout=CONNECT_TIMEOUT_S
+            )
+            for tp in committed
+        ]
+    except KafkaException as e:
+        raise map_kafka_error(e) from e
+    finally:
+        consumer.close()
+    lags: list[PartitionLag] = []
+    for tp, (low, high) in zip(committed, ends, strict=True):
+        done = tp.offset if tp.offset >= 0 else None
+        start = done if done is not None else low
+        lags.append(PartitionLag(tp.topic, tp.partition, done, high, max(0, high - start)))
+    _count_small_gaps(settings, lags)
+    return lags
+
+
+def _count_small_gaps(settings: KafkaSettings, lags: list[PartitionLag]) -> None:
+    """Replace offset differences by message counts where they are small.
+
+    A transactional producer leaves a commit marker after each transaction; it takes an
+    offset but is no message, so an indexer that consumed everything still sits one or
+    two offsets behind the end. Reading the few offsets left tells markers from events.
+    """
+    small = [p for p in lags if 0 < p.lag <= EXACT_LAG_BELOW]
+    if not small:
+        return
+    reader = Consumer(
+        consumer_config(
+            settings,
+            f"{settings.namespace}.ops-lag-reader.{uuid.uuid4().hex[:8]}",
+            **{"enable.partition.eof": True},
+        )
+    )
+    by_key = {(p.topic, p.partition): p for p in small}
+    counts = dict.fromkeys(by_key, 0)
+    try:
+        reader.assign(
+            [TopicPartition(p.topic, p.partition, p.committed or OFFSET_BEGINNING) for p in small]
+        )
+        pending = set(by_key)
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        while pending and time.monotonic() < deadline:
+            message = reader.poll(0.2)
+            if message is None:
+                continue
+            key = (message.topic() or "", message.partition() or 0)
+            err = message.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(key)
+                continue
+            if key in counts and (message.offset() or 0) < by_key[key].end:
+                counts[key] += 1
+    except KafkaException as e:
+        raise map_kafka_error(e) from e
+    finally:
+        reader.close()
+    for key, p in by_key.items():
+        if key not in pending:
+            p.lag = counts[key]
+
+
+async def _consumer_lag(backends: Backends, report: StatusReport) -> None:
+    settings = backends.settings
+    report.consumer_lag = await asyncio.to_thread(
+        consumer_lag_blocking, settings.kafka, settings.indexer.group_id
+    )
+
+
+async def _dlq(backends: Backends, report: StatusReport) -> None:
+    entries = await list_entries(backends)
+    report.dlq_total = len(entries)
+    report.dlq_pending = sum(1 for e in entries if e.redriven_at is None)
+    if report.dlq_pending:
+        report.problems.append(f"{report.dlq_pending} dead-lettered events wait in the DLQ")
+
+
+async def _collection_counts(backends: Backends, report: StatusReport) -> None:
+    names = await collections_to_check(backends, None)
+
+    async def one(name: str) -> dict[str, Any]:
+        mongo_live = await backends.db[name].count_documents({"deleted": {"$ne": True}})
+        try:
+            response = await backends.es.count(
+                index=backends.settings.es.alias_for(name), query=LIVE_FILTER
+            )
+            es_live: int | None = int(response["count"])
+        except NotFoundError:
+            es_live = None
+        except (ApiError, TransportError) as e:
+            raise map_elastic_error(e) from e
+        return {"collection": name, "mongo": mongo_live, "elasticsearch": es_live}
+
+    report.collections = list(await asyncio.gather(*(one(n) for n in names)))
+
+
+async def status(backends: Backends) -> StatusReport:
+    """Gather the report; raises `ServerUnreachableError` if a server does not answer."""
+    await backends.ping()
+    report = StatusReport(relay_name=backends.settings.relay.name)
+    await asyncio.gather(
+        _relay_position(backends, report),
+        _leases(backends, report),
+        _consumer_lag(backends, report),
+        _dlq(backends, report),
+        _collection_counts(backends, report),
+    )
+    return report
