@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil  # no stubs installed; see the report
+import psutil
 from pydantic import BaseModel
 
 from infra.devstack import EmbeddedStack, free_port, port_in_use

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil  # no stubs installed; see the report
+import psutil
 from confluent_kafka import Consumer, TopicPartition
 from elasticsearch import AsyncElasticsearch, NotFoundError
 from rich.console import Console
