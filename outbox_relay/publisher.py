@@ -1,0 +1,288 @@
+"""`KafkaEventPublisher`: one Kafka transaction per batch of events plus its checkpoint.
+
+confluent-kafka's transactional calls block, so every producer call runs on one
+dedicated thread (the producer's transactional API must not be used from several
+threads at once). Errors are mapped here, where they enter:
+
+- `txn_requires_abort()` (and anything else that is not fatal): the transaction is
+  aborted and `TransactionAbortedError` tells the relay to rewind to its last checkpoint;
+- `fatal()` (fenced by a newer relay with the same `transactional.id`): `FatalError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from infra.dlq import DeadLetter
+from infra.errors import FatalError, RetriableError
+from infra.kafka import compacted, ensure_topics, event_topic_config, producer_config
+from infra.settings import Settings
+from outbox_relay.checkpoint import Checkpoint
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+INIT_TIMEOUT_S = 30.0
+COMMIT_TIMEOUT_S = 30.0
+ABORT_TIMEOUT_S = 30.0
+ABORT_ATTEMPTS = 3
+
+
+def transactional_id(settings: Settings) -> str:
+    """Derived from the relay name only: a standby or restart fences the previous holder."""
+    return f"{settings.kafka.namespace}.relay.{settings.relay.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One message of a batch: an event, or a dead letter for an event Kafka refused."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    event_id: str
+    dead_letter: DeadLetter | None = None
+
+
+@dataclass
+class BatchOutcome:
+    """What a committed batch contained."""
+
+    published: int = 0
+    dead_lettered: list[str] = field(default_factory=list)
+
+
+class TransactionAbortedError(RetriableError):
+    """The batch's transaction was aborted: rewind to the last checkpoint and retry.
+
+    `refused` maps event ids Kafka refused for good (too large) to the reason; those go
+    to the dead-letter topic on the retry.
+    """
+
+    def __init__(self, message: str, refused: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.refused = refused or {}
+
+
+class LeaseCheckFailedError(RetriableError):
+    """The lease was no longer held at commit time: the transaction was aborted."""
+
+
+_PERMANENT_REFUSALS = {
+    KafkaError.MSG_SIZE_TOO_LARGE,
+    KafkaError.INVALID_RECORD,
+    KafkaError.INVALID_MSG_SIZE,
+}
+
+
+def dead_letter_for(message: OutgoingMessage, reason: str, dlq_topic: str) -> OutgoingMessage:
+    """The DLQ form of an event Kafka refused; the value is dropped if it is what is too big."""
+    too_big = "SIZE" in reason.upper() or "TOO_LARGE" in reason.upper()
+    letter = DeadLetter(
+        key=message.key,
+        value=None if too_big else message.value,
+        original_headers=message.headers,
+        error=reason,
+        stage="relay",
+        source_topic=message.topic,
+    )
+    return OutgoingMessage(
+        topic=dlq_topic,
+        key=message.key,
+        value=letter.value,
+        headers=letter.kafka_headers(),
+        event_id=message.event_id,
+        dead_letter=letter,
+    )
+
+
+class KafkaEventPublisher:
+    """The relay's transactional producer (see the module docstring)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._kafka = settings.kafka
+        self.transactional_id = transactional_id(settings)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-producer")
+        self._producer: Producer | None = None
+        self._known_topics: set[str] = set()
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def start(self) -> None:
+        """Create the relay's topics and the producer; `init_transactions` fences zombies.
+
+        It also aborts a transaction a dead holder left open, which read_committed readers
+        (our checkpoint reader included) would otherwise wait on.
+        """
+        await ensure_topics(self._kafka, {self._kafka.checkpoint_topic: compacted()}, partitions=1)
+        await ensure_topics(self._kafka, {self._kafka.dlq_topic: event_topic_config(self._kafka)})
+        await self._call(self._init_blocking)
+        log.info("producer_initialised", transactional_id=self.transactional_id)
+
+    def _init_blocking(self) -> None:
+        config = producer_config(
+            self._kafka,
+            **{
+                "transactional.id": self.transactional_id,
+                "transaction.timeout.ms": 60000,
+                # The Java clients' partitioner: a key lands where other Kafka tooling expects it.
+                "partitioner": "murmur2_random",
+                "linger.ms": 5,
+                "batch.size": 1024 * 1024,
+                "queue.buffering.max.messages": 1_000_000,
+            },
+        )
+        producer = Producer(config)
+        try:
+            producer.init_transactions(INIT_TIMEOUT_S)
+        except KafkaException as e:
+            raise _map(e, "init_transactions") from e
+        self._producer = producer
+
+    async def ensure_event_topics(self, topics: set[str]) -> None:
+        """Create event topics on demand, with the configured partitions."""
+        missing = topics - self._known_topics
+        if not missing:
+            return
+        config = event_topic_config(self._kafka)
+        await ensure_topics(self._kafka, dict.fromkeys(sorted(missing), config))
+        self._known_topics |= missing
+
+    async def commit(
+        self,
+        messages: list[OutgoingMessage],
+        checkpoint: Checkpoint,
+        still_leader: Callable[[], bool],
+        isolate: frozenset[str] = frozenset(),
+    ) -> BatchOutcome:
+        """Publish `messages` and `checkpoint` in one transaction.
+
+        Events in `isolate` are sent in produce requests of their own: when the broker
+        refuses a request, every event in it fails, so a suspect is isolated to learn
+        whether it is the one at fault.
+        """
+        return await self._call(self._commit_blocking, messages, checkpoint, still_leader, isolate)
+
+    def _commit_blocking(
+        self,
+        messages: list[OutgoingMessage],
+        checkpoint: Checkpoint,
+        still_leader: Callable[[], bool],
+        isolate: frozenset[str],
+    ) -> BatchOutcome:
+        producer = self._producer
+        assert producer is not None, "start() first"
+        outcome = BatchOutcome()
+        refused: dict[str, str] = {}
+
+        def on_delivery(event_id: str) -> Callable[[KafkaError | None, Message], None]:
+            def report(err: KafkaError | None, _msg: Message) -> None:
+                if err is not None and err.code() in _PERMANENT_REFUSALS:
+                    refused[event_id] = f"{err.name()}: {err.str()}"
+
+            return report
+
+        try:
+            producer.begin_transaction()
+            for message in messages:
+                to_send = message
+                alone = message.event_id in isolate
+                if alone:
+                    producer.flush(COMMIT_TIMEOUT_S)
+                try:
+                    self._produce(producer, to_send, on_delivery(message.event_id))
+                except KafkaException as e:
+                    err: KafkaError = e.args[0]
+                    if err.code() not in _PERMANENT_REFUSALS or message.dead_letter is not None:
+                        raise
+                    # Refused before it left the client (bigger than message.max.bytes).
+                    to_send = dead_letter_for(
+                        message, f"{err.name()}: {err.str()}", self._kafka.dlq_topic
+                    )
+                    self._produce(producer, to_send, on_delivery(message.event_id))
+                if alone:
+                    producer.flush(COMMIT_TIMEOUT_S)
+                if to_send.dead_letter is not None:
+                    outcome.dead_lettered.append(message.event_id)
+                else:
+                    outcome.published += 1
+            self._produce(
+                producer,
+                OutgoingMessage(
+                    topic=self._kafka.checkpoint_topic,
+                    key=checkpoint.kafka_key(),
+                    value=checkpoint.kafka_value(),
+                    headers=[],
+                    event_id="",
+                ),
+                None,
+            )
+            if not still_leader():
+                self._abort(producer)
+                raise LeaseCheckFailedError("lease lost before commit; transaction aborted")
+            producer.commit_transaction(COMMIT_TIMEOUT_S)
+        except KafkaException as e:
+            err = e.args[0]
+            if err.fatal():
+                raise FatalError(f"Kafka producer fatal error (fenced?): {err}") from e
+            self._abort(producer)
+            raise TransactionAbortedError(f"transaction aborted: {err}", refused) from e
+        return outcome
+
+    @staticmethod
+    def _produce(
+        producer: Producer,
+        message: OutgoingMessage,
+        on_delivery: Callable[[KafkaError | None, Message], None] | None,
+    ) -> None:
+        while True:
+            try:
+                producer.produce(
+                    message.topic,
+                    key=message.key,
+                    value=message.value,
+                    headers=cast("list[tuple[str, str | bytes | None]]", message.headers),
+                    on_delivery=on_delivery,
+                )
+            except BufferError:
+                producer.poll(0.05)  # local queue full: serve delivery reports, then retry
+                continue
+            producer.poll(0)
+            return
+
+    @staticmethod
+    def _abort(producer: Producer) -> None:
+        for attempt in range(1, ABORT_ATTEMPTS + 1):
+            try:
+                producer.abort_transaction(ABORT_TIMEOUT_S)
+            except KafkaException as e:
+                err: KafkaError = e.args[0]
+                if err.fatal() or attempt == ABORT_ATTEMPTS or not err.retriable():
+                    if err.code() == KafkaError._STATE:
+                        return  # no transaction in progress: nothing to abort
+                    raise FatalError(f"could not abort the Kafka transaction: {err}") from e
+                continue
+            return
+
+    async def close(self) -> None:
+        """Wait for an in-flight call to finish, then drop the producer."""
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        self._producer = None
+
+
+def _map(e: KafkaException, what: str) -> RetriableError | FatalError:
+    err: KafkaError = e.args[0]
+    if err.retriable() and not err.fatal():
+        return RetriableError(f"{what}: {err}")
+    return FatalError(f"{what}: {err}")

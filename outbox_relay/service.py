@@ -1,0 +1,114 @@
+"""The relay service: stand by until this process holds the lease, then publish the outbox.
+
+`serve(settings)` runs until cancelled (SIGTERM/Ctrl-C through `outbox relay`) or until
+a fatal error (e.g. fenced by another relay), which it raises so the process exits
+non-zero and its supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+
+import structlog
+from pymongo.errors import OperationFailure, PyMongoError
+
+from infra.errors import FatalError
+from infra.mongo import MongoClient, map_mongo_error, mongo_client, ping
+from infra.retry import retrying
+from infra.settings import Settings
+from outbox_relay.change_stream import oplog_seconds_left
+from outbox_relay.lease import LEASE_COLLECTION, LeaseLostError, MongoLease
+from outbox_relay.relay import OutboxRelay
+from outbox_relay.state import RelayState
+
+log = structlog.get_logger(__name__)
+
+INDEX_OPTIONS_CONFLICT = 85
+INDEX_KEY_SPECS_CONFLICT = 86
+
+
+async def ensure_outbox_ttl(client: MongoClient, settings: Settings) -> None:
+    """The outbox's retention: a TTL index on `time` (`OUTBOX_MONGO_OUTBOX_TTL_DAYS`)."""
+    mongo = settings.mongo
+    db = client[mongo.database]
+    seconds = int(timedelta(days=mongo.outbox_ttl_days).total_seconds())
+    try:
+        await db[mongo.outbox_collection].create_index("time", expireAfterSeconds=seconds)
+    except OperationFailure as e:
+        if e.code not in {INDEX_OPTIONS_CONFLICT, INDEX_KEY_SPECS_CONFLICT}:
+            raise
+        # The index exists with another TTL: change the TTL in place.
+        await db.command(
+            {
+                "collMod": mongo.outbox_collection,
+                "index": {"keyPattern": {"time": 1}, "expireAfterSeconds": seconds},
+            }
+        )
+    log.info("outbox_ttl_ensured", ttl_seconds=seconds)
+
+
+async def serve(settings: Settings) -> None:
+    """Run the relay named `settings.relay.name` (see the module docstring)."""
+    relay_settings = settings.relay
+    structlog.contextvars.bind_contextvars(relay=relay_settings.name)
+    state = RelayState(name=relay_settings.name)
+    client = mongo_client(settings.mongo, app_name=f"outbox-relay-{relay_settings.name}")
+    try:
+        async for attempt in retrying("relay_startup", attempts=0, max_delay_s=120):
+            with attempt:
+                await ping(client, settings.mongo)
+                try:
+                    await ensure_outbox_ttl(client, settings)
+                except PyMongoError as e:
+                    raise map_mongo_error(e) from e
+        leases = client[settings.mongo.database][LEASE_COLLECTION]
+        lease = MongoLease(
+            leases,
+            name=relay_settings.name,
+            ttl_seconds=relay_settings.lease_ttl_seconds,
+            state=state,
+        )
+        while True:
+            state.role = "standby"
+            await lease.wait_acquired()
+            state.role = "active"
+            try:
+                await _run_active(settings, client, state, lease)
+            except LeaseLostError as e:
+                log.error("lease_lost", error=str(e))  # noqa: TRY400 - no traceback wanted
+                continue
+            finally:
+                state.role = "standby"
+    finally:
+        await client.close()
+
+
+async def _run_active(
+    settings: Settings, client: MongoClient, state: RelayState, lease: MongoLease
+) -> None:
+    """Publish while the lease holds; returns never, raises `LeaseLostError` or fatal errors."""
+    relay = OutboxRelay(settings, client, state, still_leader=lease.held)
+    work = asyncio.create_task(relay.run(), name="relay")
+    keeper = asyncio.create_task(_keep_lease(lease, client, state), name="relay-lease")
+    try:
+        done, _ = await asyncio.wait({work, keeper}, return_when=asyncio.FIRST_COMPLETED)
+        first = done.pop()
+        first.result()  # raises what ended it
+        raise FatalError(f"relay task {first.get_name()} ended unexpectedly")
+    finally:
+        for task in (work, keeper):
+            task.cancel()
+        await asyncio.gather(work, keeper, return_exceptions=True)
+        # Also on a fatal error or a clean stop: a standby need not wait for the expiry.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(lease.release())
+
+
+async def _keep_lease(lease: MongoLease, client: MongoClient, state: RelayState) -> None:
+    """Renew the lease and refresh the status it carries; `LeaseLostError` when gone."""
+    while True:
+        await asyncio.sleep(lease.interval)
+        state.oplog_seconds_left = await oplog_seconds_left(client, state.last_cluster_time)
+        await lease.renew()
