@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.errors import PipelineError
+from infra.process import die_with_parent
 
 SECANTUS_READY_TIMEOUT_S = 30.0
 NOIDA_READY_TIMEOUT_S = 30.0
@@ -88,6 +89,8 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us in order
+                # A crashed test run or supervisor leaves no server behind.
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl call runs before exec
             )
         self.wait_ready()
 

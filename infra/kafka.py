@@ -111,8 +111,10 @@ async def ping(settings: KafkaSettings) -> None:
 
 def map_kafka_error(e: KafkaException) -> RetriableError | FatalError:
     err: KafkaError = e.args[0]
-    if err.fatal() or err.txn_requires_abort():
+    if err.fatal():
         return FatalError(str(err))
+    if err.txn_requires_abort():  # abort the transaction, then the work can be tried again
+        return RetriableError(str(err))
     if err.retriable():
         return RetriableError(str(err))
     return FatalError(str(err))

@@ -106,6 +106,9 @@ class RelaySettings(BaseModel):
     batch_max_ms: int = Field(default=100, ge=1)
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     lease_ttl_seconds: float = Field(default=6.0, gt=0)
+    # History-loss recovery re-reads Kafka and the outbox from checkpoint time minus this,
+    # which must cover the longest write transaction.
+    recovery_margin_seconds: float = Field(default=120.0, gt=0)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9101
     # Readiness turns red when records wait and no batch committed for this long.

@@ -9,16 +9,15 @@ even a kill -9 of `outbox dev` leaves no orphans.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
+
+from infra.process import die_with_parent
 
 log = structlog.get_logger(__name__)
 
@@ -28,15 +27,6 @@ INITIAL_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 STABLE_AFTER_S = 30.0  # a service that ran this long gets its backoff reset
 STOP_TIMEOUT_S = 10.0
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask Linux to SIGTERM us when the supervisor dies."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -94,7 +84,7 @@ class Supervisor:
             env=spec.env,
             stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # only calls prctl: safe between fork and exec
+            preexec_fn=die_with_parent,
         )
 
     async def _wait_ready(self, running: _Running) -> None:
