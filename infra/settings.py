@@ -119,6 +119,10 @@ class IndexerSettings(BaseModel):
     """The Elasticsearch indexer."""
 
     group_id: str = "outbox-indexer"
+    # Kafka static membership (group.instance.id): a restarted indexer gets its partitions
+    # back at once instead of after the session timeout. Must differ per replica; empty
+    # means "<group_id>-<hostname>".
+    instance_id: str = ""
     batch_max_events: int = Field(default=1000, ge=1)
     batch_max_ms: int = Field(default=200, ge=1)
     metrics_host: str = "127.0.0.1"
