@@ -59,7 +59,10 @@ def _ensure_topics_blocking(
     settings: KafkaSettings, topics: dict[str, dict[str, str]], partitions: int | None
 ) -> None:
     admin = admin_client(settings)  # kept referenced until every future resolved
-    existing = set(admin.list_topics(timeout=10).topics)
+    try:
+        existing = set(admin.list_topics(timeout=10).topics)
+    except KafkaException as e:
+        raise map_kafka_error(e) from e
     wanted = [
         NewTopic(
             name,
