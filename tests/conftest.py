@@ -28,6 +28,7 @@ pytest_plugins = [
     "tests.fixtures.api",
     "tests.fixtures.relay",
     "tests.fixtures.indexer",
+    "tests.fixtures.pipeline",
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from structlog.testing import capture_logs
 
-from tests.integration.operator_tools.conftest import Pipeline
+from tests.fixtures.pipeline import Pipeline
 
 
 async def test_operator_endpoints_need_the_admin_role_and_log_who_acted(

@@ -14,7 +14,7 @@ from operator_tools.reindex import reindex
 from operator_tools.status import status
 from tests.fixtures.api import ApiHandle
 from tests.fixtures.indexer import wait_until
-from tests.integration.operator_tools.conftest import Pipeline, open_pipeline, pipeline_settings
+from tests.fixtures.pipeline import Pipeline, open_pipeline, pipeline_settings
 
 
 async def test_reindex_under_concurrent_writes_keeps_search_answering_and_ends_equal_to_mongo(

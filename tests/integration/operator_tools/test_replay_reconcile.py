@@ -9,8 +9,8 @@ from operator_tools.reconcile import reconcile
 from operator_tools.replay import ReplayFilter, replay
 from operator_tools.status import status
 from tests.fixtures.indexer import wait_until
+from tests.fixtures.pipeline import Pipeline
 from tests.fixtures.relay import read_events
-from tests.integration.operator_tools.conftest import Pipeline
 
 
 async def _history(pipeline: Pipeline, n: int = 12) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from operator_tools.status import status
 from tests.fixtures.indexer import wait_until
-from tests.integration.operator_tools.conftest import Pipeline
+from tests.fixtures.pipeline import Pipeline
 
 
 async def test_status_shows_a_backlog_while_the_relay_is_stopped_and_none_after_catch_up(
