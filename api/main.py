@@ -21,11 +21,12 @@ from infra.elastic import elastic_client
 from infra.errors import FatalError
 from infra.mongo import mongo_client
 from infra.settings import Settings
+from infra.tracing import Tracing, configure_tracing
 
 log = structlog.get_logger(__name__)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     """The app; its lifespan opens and closes the MongoDB, gRPC and Elasticsearch clients."""
 
     @contextlib.asynccontextmanager
@@ -60,7 +61,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = ApiMetrics()
     install_problem_handlers(app)
-    app.add_middleware(RequestMiddleware, metrics=app.state.metrics)
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=app.state.metrics,
+        tracing=tracing or configure_tracing("api"),
+    )
     app.include_router(auth.router)
     app.include_router(documents.router)
     app.include_router(search.router)

@@ -14,13 +14,13 @@ class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "api_requests",
+            "outbox_api_requests",
             "HTTP requests handled.",
             ["method", "route", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "api_request_duration_seconds",
+            "outbox_api_request_duration_seconds",
             "Time to handle an HTTP request.",
             ["method", "route"],
             registry=self.registry,

@@ -18,10 +18,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.metrics import ApiMetrics
 from api.problems import ProblemError, problem_response, service_unavailable
-from api.tracing import trace_for_request
 from infra.elastic import map_elastic_error
 from infra.errors import RetriableError, ServerUnreachableError
 from infra.mongo import map_mongo_error
+from infra.tracing import TraceContext, Tracing, trace_for_request
 
 TRACEPARENT = "traceparent"
 # A server URI in an error message may carry credentials (mongodb://user:pass@host).
@@ -51,17 +51,27 @@ def dependency_outage(exc: BaseException) -> str | None:
 class RequestMiddleware:
     """Bind `trace_id`, echo `traceparent`, log `request_handled`, turn crashes into problems."""
 
-    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics, tracing: Tracing | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.tracing = tracing or Tracing()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
         request = Request(scope)
-        trace = trace_for_request(request.headers.get(TRACEPARENT))
+        caller = request.headers.get(TRACEPARENT)
+        # With OpenTelemetry on, the request span is the outbox record's parent.
+        with self.tracing.span(
+            "http_request", parent=caller, attributes={"method": scope["method"]}
+        ) as span:
+            await self._handle(scope, receive, send, request, span or trace_for_request(caller))
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, request: Request, trace: TraceContext
+    ) -> None:
+        started = time.perf_counter()
         scope.setdefault("state", {})["traceparent"] = trace.traceparent
         status = 500
         response_started = False

@@ -80,7 +80,7 @@ async def test_metrics_count_requests_by_route_template(client: httpx.AsyncClien
     await client.get("/healthz")
     r = await client.get("/metrics")
     assert r.status_code == 200
-    assert 'api_requests_total{method="GET",route="/healthz",status="200"}' in r.text
+    assert 'outbox_api_requests_total{method="GET",route="/healthz",status="200"}' in r.text
 
 
 def _rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.tracing import TraceContext, trace_for_request
+from infra.tracing import TraceContext, trace_for_request
 
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
