@@ -1,16 +1,29 @@
 """The indexer service: Kafka `outbox.event.*` → Elasticsearch, idempotent, at least once.
 
-One loop, one batch at a time: poll a batch (size or time bound), decode and project it
-(`indexer.projection`), apply it with one bulk request, dead-letter the poison events,
-then commit the batch's offsets. Offsets move only after Elasticsearch acknowledged every
-event of the batch (a 409 counts: the index already holds that version or a newer one)
-or the DLQ acknowledged its dead letter. Retriable failures retry the same batch with
-jittered backoff for as long as it takes; nothing is dropped and the process stays up.
+A pipeline of three stages, each strictly in order:
+
+1. the poll thread (`indexer.consumer`) fetches messages into a bounded buffer;
+2. the projector task takes a batch as soon as there is one, decodes and projects it
+   (`indexer.projection`), while the previous batch is still in Elasticsearch;
+3. the indexing loop applies each batch with one bulk request, dead-letters the poison
+   events, then acknowledges the batch (its offsets are committed by the poll thread).
+
+Bulks are sequential: a document's newer event is never sent before the bulk holding an
+older one was acknowledged. Offsets move only after Elasticsearch acknowledged every event
+of the batch (a 409 counts: the index already holds that version or a newer one) or the
+DLQ acknowledged its dead letter. Retriable failures retry the same batch with jittered
+backoff for as long as it takes (readiness reports the failing dependency meanwhile);
+nothing is dropped and the process stays up.
+
+`/healthz`, `/readyz` and `/metrics` answer on `OUTBOX_INDEXER_METRICS_PORT`; readiness
+turns red while Elasticsearch (or the DLQ) fails, or when events wait (consumer lag) and
+nothing was acknowledged for `OUTBOX_INDEXER_STALL_AFTER_SECONDS`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,11 +42,12 @@ from indexer.projection import (
     latest_per_document,
 )
 from indexer.sink import ElasticsearchSink, ItemResult
-from indexer.state import IndexerState
+from indexer.state import DLQ, INDEXED, STALE, IndexerState, count_results
 from infra.dlq import DeadLetter
 from infra.elastic import elastic_client
 from infra.envelope import EnvelopeError, OutboxRecord
 from infra.errors import RetriableError
+from infra.health import HealthServer, ProgressMonitor
 from infra.kafka import ensure_topics
 from infra.retry import retrying
 from infra.settings import Settings
@@ -48,6 +62,8 @@ MAX_BACKOFF_S = 5.0
 # On shutdown, the batch in flight gets this long to finish and commit before it is
 # abandoned (uncommitted, hence redelivered to whoever consumes the partition next).
 SHUTDOWN_GRACE_S = 5.0
+# `event_indexed` lines are written this many at a time between other work.
+LOG_CHUNK = 50
 
 
 def trace_id_of(traceparent: str | None) -> str | None:
@@ -76,9 +92,10 @@ class _Batch:
     messages: list[ConsumedMessage]
     items: list[_Item] = field(default_factory=list)  # still to be acknowledged by ES
     letters: list[DeadLetter] = field(default_factory=list)  # still to be acknowledged by the DLQ
-    applied: int = 0
-    already_applied: int = 0
-    dead_lettered: int = 0
+    letter_collections: list[str] = field(default_factory=list)  # parallel to `letters`
+    # (item, result) for every event Elasticsearch acknowledged: indexed or stale.
+    done: list[tuple[_Item, str]] = field(default_factory=list)
+    dead_lettered: list[str] = field(default_factory=list)  # collection per dead letter
 
     def next_offsets(self) -> dict[TopicPartitionKey, int]:
         offsets: dict[TopicPartitionKey, int] = {}
@@ -129,7 +146,7 @@ def dead_letter_for(message: ConsumedMessage, error: str) -> DeadLetter:
 
 
 class Indexer:
-    """Runs the consume → bulk → dead-letter → commit loop until cancelled."""
+    """Runs the poll → project → bulk → dead-letter → acknowledge pipeline until cancelled."""
 
     def __init__(
         self,
@@ -149,33 +166,59 @@ class Indexer:
         # Confirmed commits land in the source's dict from the commit callback.
         state.committed_offsets = source.committed
         self._dlq_topic_ready = False
+        self._log_tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        await self._in_thread(self._source.subscribe)
+        self._source.start()
+        # One projected batch waits while the previous one is in Elasticsearch.
+        projected: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
+        projector = asyncio.create_task(self._project_batches(projected), name="indexer-project")
         try:
             while True:
-                messages = await self._in_thread(
-                    self._source.poll_batch,
-                    self._settings.indexer.batch_max_events,
-                    self._settings.indexer.batch_max_ms / 1000,
-                )
-                if messages:
-                    await self._process_with_grace(messages)
+                batch = await self._next_projected(projected, projector)
+                await self._process_with_grace(batch)
         finally:
+            projector.cancel()
+            await asyncio.gather(projector, *self._log_tasks, return_exceptions=True)
             self._dead_letters.close()
-            await asyncio.to_thread(self._source.close)
+            await asyncio.to_thread(self._source.stop)
             await asyncio.to_thread(self._dead_letters.shutdown)
 
-    async def _process_with_grace(self, messages: list[ConsumedMessage]) -> None:
-        task = asyncio.ensure_future(self._process(_Batch(messages)))
+    async def _next_projected(
+        self, projected: asyncio.Queue[_Batch], projector: asyncio.Task[None]
+    ) -> _Batch:
+        """The next projected batch; raises what stopped the projector (a fatal error)."""
+        if not projected.empty():
+            return projected.get_nowait()
+        getter = asyncio.ensure_future(projected.get())
+        try:
+            await asyncio.wait({getter, projector}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        projector.result()  # raises the projector's error
+        raise AssertionError("unreachable: the projector never returns")
+
+    async def _project_batches(self, projected: asyncio.Queue[_Batch]) -> None:
+        max_events = self._settings.indexer.batch_max_events
+        while True:
+            messages = await self._source.next_batch(max_events)
+            batch = _Batch(messages)
+            await self._project(batch)
+            await projected.put(batch)
+
+    async def _process_with_grace(self, batch: _Batch) -> None:
+        task = asyncio.ensure_future(self._process(batch))
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_GRACE_S)
             if done:
-                log.info("batch_finished_on_shutdown", events=len(messages))
+                log.info("batch_finished_on_shutdown", events=len(batch.messages))
             else:
-                log.warning("batch_abandoned_on_shutdown", events=len(messages))
+                log.warning("batch_abandoned_on_shutdown", events=len(batch.messages))
                 task.cancel()
                 await asyncio.wait({task})
             raise
@@ -186,24 +229,38 @@ class Indexer:
             await self._process_bound(batch)
 
     async def _process_bound(self, batch: _Batch) -> None:
-        started = asyncio.get_running_loop().time()
-        self._state.events_consumed += len(batch.messages)
-        await self._project(batch)
+        started = time.monotonic()
+        self._state.batch_consumed(len(batch.messages))
         if batch.items:
             await self._retry_forever("es_bulk", lambda: self._apply(batch))
         if batch.letters:
             await self._retry_forever("dlq_write", lambda: self._write_dead_letters(batch))
-        sent = await self._in_thread(self._source.commit, batch.next_offsets())
-        self._record_progress(batch)
+        queued = self._source.acknowledge(batch.messages)
+        self._log_indexed(batch.done)
+        results = count_results(
+            [(item.record.collection, result) for item, result in batch.done]
+            + [(collection, DLQ) for collection in batch.dead_lettered]
+        )
+        self._state.batch_acknowledged(results=results, events=len(batch.messages))
         log.info(
             "batch_indexed",
             events=len(batch.messages),
-            applied=batch.applied,
-            already_applied=batch.already_applied,
-            dead_lettered=batch.dead_lettered,
-            commit_sent_partitions=len(sent),
-            duration_ms=round((asyncio.get_running_loop().time() - started) * 1000, 1),
+            indexed=results_total(results, INDEXED),
+            stale=results_total(results, STALE),
+            dead_lettered=len(batch.dead_lettered),
+            commit_queued_partitions=len(queued),
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
+
+    def _log_indexed(self, done: list[tuple[_Item, str]]) -> None:
+        """One `event_indexed` line per acknowledged event, written while the next bulk is
+        in flight: rendering a thousand lines is a sizeable share of a batch's time. The
+        task inherits this batch's bound context (a copy of the contextvars)."""
+        if not done:
+            return
+        task = asyncio.create_task(_write_indexed_lines(done))
+        self._log_tasks.add(task)
+        task.add_done_callback(self._log_tasks.discard)
 
     async def _project(self, batch: _Batch) -> None:
         """Decode every message into an index action, or a dead letter for poison."""
@@ -237,6 +294,9 @@ class Indexer:
         self, batch: _Batch, message: ConsumedMessage, record: OutboxRecord | None, error: str
     ) -> None:
         batch.letters.append(dead_letter_for(message, error))
+        batch.letter_collections.append(
+            record.collection if record else message.topic.removeprefix(self._topic_prefix)
+        )
         log.warning("event_dead_lettered", error=error, **_event_context(message, record))
 
     async def _apply(self, batch: _Batch) -> None:
@@ -246,22 +306,43 @@ class Indexer:
             by_action[id(a)]
             for a in latest_per_document(item.action for item in batch.items).values()
         ]
-        batch.already_applied += len(batch.items) - len(latest)
+        kept = {id(item) for item in latest}
+        # Superseded in this batch: Elasticsearch would answer 409 once the newer one is in.
+        superseded = [item for item in batch.items if id(item) not in kept]
         batch.items = latest
+        sent_at = time.monotonic()
         outcomes = await self._sink.bulk([item.action for item in latest])
+        acked_at = datetime.now(UTC)
         retry: list[_Item] = []
         retry_error = ""
+        acknowledged: list[_Item] = []
         for item, outcome in zip(latest, outcomes, strict=True):
             if outcome.result is ItemResult.APPLIED:
-                batch.applied += 1
+                batch.done.append((item, INDEXED))
+                acknowledged.append(item)
             elif outcome.result is ItemResult.ALREADY_APPLIED:
-                batch.already_applied += 1
+                batch.done.append((item, STALE))
+                acknowledged.append(item)
             elif outcome.result is ItemResult.POISON:
                 self._poison(batch, item.message, item.record, outcome.error)
             else:
                 retry.append(item)
                 retry_error = retry_error or outcome.error
                 self._sink.forget(item.action.alias)
+        if not retry:
+            # The superseded events count as acknowledged with the event that replaced them.
+            batch.done += [(item, STALE) for item in superseded]
+            acknowledged += superseded
+        else:
+            retry += superseded
+        self._state.bulk_answered(
+            time.monotonic() - sent_at,
+            [
+                (acked_at - item.record.time).total_seconds()
+                for item in acknowledged
+                if not item.record.replayed
+            ],
+        )
         # What succeeded is not sent again; raising hands the pause to the retry policy.
         batch.items = retry
         if retry:
@@ -277,20 +358,22 @@ class Indexer:
         undelivered = await self._in_thread(
             self._dead_letters.deliver, batch.letters, interrupt=self._dead_letters.close
         )
-        delivered = len(batch.letters) - len(undelivered)
+        kept = {id(letter) for letter in undelivered}
+        delivered = [
+            collection
+            for letter, collection in zip(batch.letters, batch.letter_collections, strict=True)
+            if id(letter) not in kept
+        ]
         batch.dead_lettered += delivered
-        self._state.events_dead_lettered += delivered
+        self._state.dead_lettered(len(delivered))
+        batch.letter_collections = [
+            collection
+            for letter, collection in zip(batch.letters, batch.letter_collections, strict=True)
+            if id(letter) in kept
+        ]
         batch.letters = undelivered
         if undelivered:
             raise RetriableError(f"{len(undelivered)} dead letters undelivered")
-
-    def _record_progress(self, batch: _Batch) -> None:
-        state = self._state
-        state.batches += 1
-        state.events_applied += batch.applied
-        state.events_already_applied += batch.already_applied
-        state.lag = self._source.lag()
-        state.last_progress = asyncio.get_running_loop().time()
 
     async def _retry_forever(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Retry `fn` on `RetriableError` with jittered backoff, without a total limit."""
@@ -300,12 +383,10 @@ class Indexer:
             with attempt:
                 try:
                     result = await fn()
-                except RetriableError:
-                    self._state.retries += 1
-                    if self._state.retrying_since is None:
-                        self._state.retrying_since = asyncio.get_running_loop().time()
+                except RetriableError as e:
+                    self._state.attempt_failed(what, str(e))
                     raise
-                self._state.retrying_since = None
+                self._state.attempt_succeeded()
                 return result
         raise AssertionError("unreachable: retrying() re-raises the last error")
 
@@ -315,8 +396,8 @@ class Indexer:
     ) -> T:
         """Run a blocking call in a thread; on cancellation, let it finish first.
 
-        A confluent-kafka call cannot be interrupted, and closing the consumer while one
-        runs would be unsafe; `interrupt` makes a long wait (the DLQ) give up sooner.
+        A confluent-kafka call cannot be interrupted; `interrupt` makes a long wait (the
+        DLQ) give up sooner.
         """
         future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
         try:
@@ -328,19 +409,56 @@ class Indexer:
             raise
 
 
+async def _write_indexed_lines(done: list[tuple[_Item, str]]) -> None:
+    for i, (item, result) in enumerate(done, start=1):
+        log.info("event_indexed", result=result, **_event_context(item.message, item.record))
+        if i % LOG_CHUNK == 0:
+            await asyncio.sleep(0)  # let the next bulk's I/O in
+
+
+def results_total(results: dict[tuple[str, str], int], result: str) -> int:
+    return sum(count for (_collection, r), count in results.items() if r == result)
+
+
 async def serve(settings: Settings, *, state: IndexerState | None = None) -> None:
-    """Run the indexer until cancelled (SIGTERM): `outbox indexer`, supervised by `outbox dev`."""
+    """Run the indexer until cancelled (SIGTERM): `outbox indexer`, supervised by `outbox dev`.
+
+    `/healthz`, `/readyz` and `/metrics` answer on the indexer's metrics port meanwhile.
+    """
+    indexer_settings = settings.indexer
+    if state is None:
+        state = IndexerState()
+    state.monitor = ProgressMonitor(stall_after_s=indexer_settings.stall_after_seconds)
+    health = HealthServer(
+        indexer_settings.metrics_host, indexer_settings.metrics_port, state.readiness
+    )
+    async with health:
+        await _serve(settings, state)
+
+
+async def _serve(settings: Settings, state: IndexerState) -> None:
     es = elastic_client(settings.es)
-    source = KafkaEventSource(settings)
+    loop = asyncio.get_running_loop()
+
+    def on_lag(lags: dict[TopicPartitionKey, int]) -> None:
+        if not loop.is_closed():
+            state.lag_measured(lags)
+
+    source = KafkaEventSource(settings, on_lag=on_lag)
     dead_letters = KafkaDeadLetterWriter(settings.kafka)
     indexer = Indexer(
         settings,
         source=source,
         sink=ElasticsearchSink(es, settings.es),
         dead_letters=dead_letters,
-        state=state or IndexerState(),
+        state=state,
     )
-    log.info("indexer_started", group_id=settings.indexer.group_id)
+    log.info(
+        "indexer_started",
+        group_id=settings.indexer.group_id,
+        instance_id=source.instance_id,
+        metrics_port=settings.indexer.metrics_port,
+    )
     try:
         await indexer.run()
     finally:

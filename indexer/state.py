@@ -1,16 +1,40 @@
-"""What the indexer has done so far, in memory: the source for a later health/metrics endpoint."""
+"""What the indexer has done so far, in memory: the source of readiness and metrics.
+
+Every change goes through one of `IndexerState`'s transitions, which move the counters,
+the Prometheus metrics and the readiness monitor together, so they can never disagree.
+Transitions run on the event loop (the poll thread hands its lag over with
+`call_soon_threadsafe`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from indexer import metrics
+from infra.health import ProgressMonitor
+
 TopicPartitionKey = tuple[str, int]
+
+DEFAULT_STALL_AFTER_S = 30.0
+INDEXED = "indexed"
+STALE = "stale"
+DLQ = "dlq"
+
+# The dependency behind each retried operation, for readiness.
+_DEPENDENCY = {
+    "es_bulk": "Elasticsearch",
+    "es_index_create": "Elasticsearch",
+    "dlq_write": "Kafka (dead-letter topic)",
+}
 
 
 @dataclass
 class IndexerState:
-    """Counters and positions, updated by the service after each batch."""
+    """Counters and positions of one indexer process."""
 
     events_consumed: int = 0
     events_applied: int = 0  # Elasticsearch took the write
@@ -19,9 +43,12 @@ class IndexerState:
     batches: int = 0
     retries: int = 0  # Elasticsearch or DLQ attempts that failed and were retried
     retrying_since: float | None = None  # monotonic time of the first failed try, if failing
-    last_progress: float | None = None  # monotonic time of the last committed batch
+    last_progress: float | None = None  # monotonic time of the last acknowledged batch
     committed_offsets: dict[TopicPartitionKey, int] = field(default_factory=dict)
     lag: dict[TopicPartitionKey, int] = field(default_factory=dict)
+    monitor: ProgressMonitor = field(
+        default_factory=lambda: ProgressMonitor(stall_after_s=DEFAULT_STALL_AFTER_S)
+    )
 
     @property
     def total_lag(self) -> int:
@@ -31,3 +58,76 @@ class IndexerState:
         if self.last_progress is None:
             return None
         return (time.monotonic() if now is None else now) - self.last_progress
+
+    async def readiness(self) -> tuple[bool, str]:
+        """For `HealthServer`: red while a dependency fails or events wait without progress."""
+        return self.monitor.readiness()
+
+    # --- transitions ---------------------------------------------------------------------
+
+    def batch_consumed(self, events: int) -> None:
+        self.events_consumed += events
+
+    def bulk_answered(self, seconds: float, end_to_end_lags: Iterable[float]) -> None:
+        """Elasticsearch answered a bulk request; `end_to_end_lags` are the commit → ack
+        seconds of the events it acknowledged."""
+        metrics.BULK_SECONDS.observe(seconds)
+        for lag in end_to_end_lags:
+            metrics.END_TO_END_LAG_SECONDS.observe(max(0.0, lag))
+
+    def batch_acknowledged(
+        self,
+        *,
+        results: Mapping[tuple[str, str], int],
+        events: int,
+    ) -> None:
+        """A batch is acknowledged (Elasticsearch and DLQ) and its offsets queued for commit.
+
+        `results` counts events per (collection, result), result one of indexed/stale/dlq.
+        """
+        self.batches += 1
+        for (collection, result), count in results.items():
+            if result == INDEXED:
+                self.events_applied += count
+            elif result == STALE:
+                self.events_already_applied += count
+            metrics.EVENTS.labels(collection, result).inc(count)
+        metrics.BATCH_SIZE.observe(events)
+        self.last_progress = time.monotonic()
+        self.monitor.progressed()
+
+    def dead_lettered(self, count: int) -> None:
+        """The DLQ acknowledged `count` dead letters."""
+        self.events_dead_lettered += count
+        metrics.DLQ.inc(count)
+
+    def attempt_failed(self, operation: str, error: str) -> None:
+        """A retriable failure: the operation is tried again after a pause."""
+        self.retries += 1
+        metrics.RETRIES.labels(operation).inc()
+        if self.retrying_since is None:
+            self.retrying_since = time.monotonic()
+        dependency = _DEPENDENCY.get(operation, operation)
+        self.monitor.report_problem(f"{dependency} failing ({operation}): {error}")
+
+    def attempt_succeeded(self) -> None:
+        """The operation that was failing went through."""
+        if self.retrying_since is not None:
+            self.retrying_since = None
+            self.monitor.problem = None
+
+    def lag_measured(self, lags: Mapping[TopicPartitionKey, int]) -> None:
+        """The poll thread's latest per-partition lag (only assigned partitions)."""
+        for topic, partition in set(self.lag) - set(lags):
+            # Another indexer in this process (tests) may have removed it already.
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(topic, str(partition))
+        self.lag = dict(lags)
+        for (topic, partition), lag in lags.items():
+            metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
+        self.monitor.set_waiting(self.total_lag)
+
+
+def count_results(pairs: Iterable[tuple[str, str]]) -> Counter[tuple[str, str]]:
+    """(collection, result) pairs → counts, for `IndexerState.batch_acknowledged`."""
+    return Counter(pairs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from api.deps import CollectionDep, EsDep, SettingsDep
 from api.problems import ProblemError, service_unavailable
@@ -15,13 +15,17 @@ from api.search_service import ElasticsearchSearcher, SearchUnavailableError
 router = APIRouter(tags=["search"])
 
 
-def _searcher(request: Request, es: EsDep, settings: SettingsDep) -> ElasticsearchSearcher:
-    # One per app, made on first use, so its mapping cache outlives a request.
+async def _searcher(request: Request, es: EsDep, settings: SettingsDep) -> ElasticsearchSearcher:
+    # One per app, made on first use, so its mapping cache outlives a request. Async on
+    # purpose: FastAPI runs a plain `def` dependency in its thread pool.
     searcher: ElasticsearchSearcher | None = getattr(request.app.state, "searcher", None)
     if searcher is None:
         searcher = ElasticsearchSearcher(es, settings.es)
         request.app.state.searcher = searcher
     return searcher
+
+
+SearcherDep = Annotated[ElasticsearchSearcher, Depends(_searcher)]
 
 
 @router.get(
@@ -31,9 +35,7 @@ def _searcher(request: Request, es: EsDep, settings: SettingsDep) -> Elasticsear
 async def search(
     *,
     collection: CollectionDep,
-    request: Request,
-    es: EsDep,
-    settings: SettingsDep,
+    searcher: SearcherDep,
     q: Annotated[
         str | None, Query(description="Simple query string over the document's text fields.")
     ] = None,
@@ -59,7 +61,7 @@ async def search(
         q=q, filters=tuple(filter_ or ()), sort=sort, size=size, search_after=search_after
     )
     try:
-        page = await _searcher(request, es, settings).search(collection, params)
+        page = await searcher.search(collection, params)
     except SearchParamError as e:
         raise ProblemError(400, str(e), title="Invalid search") from e
     except SearchUnavailableError as e:
