@@ -124,7 +124,6 @@ class IndexerSettings(BaseModel):
     # means "<group_id>-<hostname>".
     instance_id: str = ""
     batch_max_events: int = Field(default=1000, ge=1)
-    batch_max_ms: int = Field(default=200, ge=1)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9102
     # Readiness turns red when events wait (consumer lag) and nothing was indexed this long.
