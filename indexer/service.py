@@ -51,6 +51,7 @@ from infra.health import HealthServer, ProgressMonitor
 from infra.kafka import ensure_topics
 from infra.retry import retrying
 from infra.settings import Settings
+from infra.tracing import Tracing, configure_tracing, trace_id_of
 
 log = structlog.get_logger(__name__)
 
@@ -64,16 +65,6 @@ MAX_BACKOFF_S = 5.0
 SHUTDOWN_GRACE_S = 5.0
 # `event_indexed` lines are written this many at a time between other work.
 LOG_CHUNK = 50
-
-
-def trace_id_of(traceparent: str | None) -> str | None:
-    """The 32-hex trace id of a W3C `traceparent` (version-traceid-parentid-flags)."""
-    if not traceparent:
-        return None
-    parts = traceparent.split("-")
-    if len(parts) >= 4 and len(parts[1]) == 32:
-        return parts[1]
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +147,10 @@ class Indexer:
         sink: ElasticsearchSink,
         dead_letters: KafkaDeadLetterWriter,
         state: IndexerState,
+        tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
+        self._tracing = tracing or Tracing()
         self._source = source
         self._sink = sink
         self._dead_letters = dead_letters
@@ -230,6 +223,7 @@ class Indexer:
 
     async def _process_bound(self, batch: _Batch) -> None:
         started = time.monotonic()
+        started_ns = time.time_ns()
         self._state.batch_consumed(len(batch.messages))
         if batch.items:
             await self._retry_forever("es_bulk", lambda: self._apply(batch))
@@ -237,6 +231,8 @@ class Indexer:
             await self._retry_forever("dlq_write", lambda: self._write_dead_letters(batch))
         queued = self._source.acknowledge(batch.messages)
         self._log_indexed(batch.done)
+        if self._tracing.enabled:
+            self._trace_indexed(batch.done, started_ns)
         results = count_results(
             [(item.record.collection, result) for item, result in batch.done]
             + [(collection, DLQ) for collection in batch.dead_lettered]
@@ -261,6 +257,23 @@ class Indexer:
         task = asyncio.create_task(_write_indexed_lines(done))
         self._log_tasks.add(task)
         task.add_done_callback(self._log_tasks.discard)
+
+    def _trace_indexed(self, done: list[tuple[_Item, str]], started_ns: int) -> None:
+        """One span per event under the write's trace, spanning its batch's bulk request."""
+        ended_ns = time.time_ns()
+        for item, result in done:
+            self._tracing.record_span(
+                "outbox.index",
+                parent=item.record.traceparent,
+                start_ns=started_ns,
+                end_ns=ended_ns,
+                attributes={
+                    "outbox.event_id": item.record.event_id,
+                    "outbox.collection": item.record.collection,
+                    "outbox.version": item.record.version,
+                    "outbox.result": result,
+                },
+            )
 
     async def _project(self, batch: _Batch) -> None:
         """Decode every message into an index action, or a dead letter for poison."""
@@ -452,6 +465,7 @@ async def _serve(settings: Settings, state: IndexerState) -> None:
         sink=ElasticsearchSink(es, settings.es),
         dead_letters=dead_letters,
         state=state,
+        tracing=configure_tracing("indexer"),
     )
     log.info(
         "indexer_started",

@@ -95,6 +95,28 @@ class Tracing:
             return _NO_SPAN
         return self._span(name, parent, attributes or {})
 
+    def record_span(
+        self,
+        name: str,
+        *,
+        parent: str | None,
+        start_ns: int,
+        end_ns: int,
+        attributes: dict[str, str | int] | None = None,
+    ) -> None:
+        """A finished span under `parent`, for work measured per batch but traced per event."""
+        if self._tracer is None:
+            return
+        from opentelemetry.trace.propagation.tracecontext import (  # noqa: PLC0415 - optional extra
+            TraceContextTextMapPropagator,
+        )
+
+        context = TraceContextTextMapPropagator().extract({"traceparent": parent or ""})
+        span = self._tracer.start_span(
+            name, context=context, attributes=attributes or {}, start_time=start_ns
+        )
+        span.end(end_time=end_ns)
+
     @contextlib.contextmanager
     def _span(
         self, name: str, parent: str | None, attributes: dict[str, str | int]

@@ -6,9 +6,9 @@ import orjson
 import pytest
 
 from indexer.projection import action_for
-from indexer.service import trace_id_of
 from indexer.sink import ItemResult, bulk_body, classify_item
 from infra.envelope import EventType
+from infra.tracing import trace_id_of
 from tests.fixtures.indexer import make_record
 
 

@@ -71,3 +71,15 @@ async def test_the_api_request_span_is_the_parent_the_write_stores() -> None:
 def test_a_default_tracing_costs_one_shared_null_context() -> None:
     tracing = Tracing()
     assert tracing.span("a", parent=None) is tracing.span("b", parent=CALLER)
+
+
+def test_a_recorded_span_hangs_under_the_records_trace_with_its_times() -> None:
+    exporter = InMemorySpanExporter()
+    tracing = configure_tracing("indexer", exporter=exporter)
+    tracing.record_span(
+        "outbox.index", parent=CALLER, start_ns=1_000, end_ns=5_000, attributes={"v": 2}
+    )
+    (span,) = exporter.get_finished_spans()
+    assert f"{span.context.trace_id:032x}" == CALLER_TRACE
+    assert (span.start_time, span.end_time) == (1_000, 5_000)
+    assert span.attributes == {"v": 2}
