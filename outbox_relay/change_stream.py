@@ -41,6 +41,8 @@ def outbox_pipeline(collections: list[str]) -> list[dict[str, Any]]:
     match: dict[str, Any] = {"operationType": "insert"}
     if collections:
         match["fullDocument.collection"] = {"$in": list(collections)}
+    # No `$project` down to `_id`/`clusterTime`/`fullDocument`: measured on SecantusDB it
+    # costs the server more than the smaller events save (13k vs 20k events/s read).
     return [{"$match": match}]
 
 

@@ -98,10 +98,13 @@ class MongoLease:
                 upsert=True,
             )
         except DuplicateKeyError:
+            self._state.dependency_up("mongodb")
             return False  # the document exists and someone else holds an unexpired lease
         except PyMongoError as e:
             log.warning("lease_acquire_failed", relay=self.name, error=str(e))
+            self._state.dependency_down("mongodb", str(e))
             return False
+        self._state.dependency_up("mongodb")
         self._valid_until = started + self.ttl
         return True
 
@@ -135,7 +138,9 @@ class MongoLease:
             if not self.held():
                 raise LeaseLostError(f"lease of {self.name!r} expired: {e}") from e
             log.warning("lease_renew_failed", relay=self.name, error=str(e))
+            self._state.dependency_down("mongodb", str(e))
             return
+        self._state.dependency_up("mongodb")
         if result.matched_count == 0:
             self._valid_until = 0.0
             raise LeaseLostError(f"lease of {self.name!r} is held by another relay")

@@ -22,7 +22,13 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from infra.dlq import DeadLetter
 from infra.errors import FatalError, RetriableError
-from infra.kafka import compacted, ensure_topics, event_topic_config, producer_config
+from infra.kafka import (
+    compacted,
+    ensure_topics,
+    event_topic_config,
+    map_kafka_error,
+    producer_config,
+)
 from infra.settings import Settings
 from outbox_relay.checkpoint import Checkpoint
 
@@ -34,6 +40,7 @@ INIT_TIMEOUT_S = 30.0
 COMMIT_TIMEOUT_S = 30.0
 ABORT_TIMEOUT_S = 30.0
 ABORT_ATTEMPTS = 3
+POLL_EVERY = 256  # messages produced between two polls for delivery reports
 
 
 def transactional_id(settings: Settings) -> str:
@@ -51,6 +58,7 @@ class OutgoingMessage:
     headers: list[tuple[str, bytes]]
     event_id: str
     dead_letter: DeadLetter | None = None
+    collection: str = ""  # the outbox record's collection (the metrics label)
 
 
 @dataclass
@@ -59,6 +67,7 @@ class BatchOutcome:
 
     published: int = 0
     dead_lettered: list[str] = field(default_factory=list)
+    by_collection: dict[str, int] = field(default_factory=dict)  # published per collection
 
 
 class TransactionAbortedError(RetriableError):
@@ -102,6 +111,7 @@ def dead_letter_for(message: OutgoingMessage, reason: str, dlq_topic: str) -> Ou
         headers=letter.kafka_headers(),
         event_id=message.event_id,
         dead_letter=letter,
+        collection=message.collection,
     )
 
 
@@ -156,7 +166,10 @@ class KafkaEventPublisher:
         if not missing:
             return
         config = event_topic_config(self._kafka)
-        await ensure_topics(self._kafka, dict.fromkeys(sorted(missing), config))
+        try:
+            await ensure_topics(self._kafka, dict.fromkeys(sorted(missing), config))
+        except KafkaException as e:  # e.g. the broker did not answer the metadata request
+            raise map_kafka_error(e) from e
         self._known_topics |= missing
 
     async def commit(
@@ -184,6 +197,8 @@ class KafkaEventPublisher:
         producer = self._producer
         assert producer is not None, "start() first"
         outcome = BatchOutcome()
+        by_collection = outcome.by_collection
+        sent = 0
         refused: dict[str, str] = {}
 
         def on_delivery(event_id: str) -> Callable[[KafkaError | None, Message], None]:
@@ -213,10 +228,13 @@ class KafkaEventPublisher:
                     self._produce(producer, to_send, on_delivery(message.event_id))
                 if alone:
                     producer.flush(COMMIT_TIMEOUT_S)
+                sent += 1
+                if sent % POLL_EVERY == 0:
+                    producer.poll(0)  # serve delivery reports now and then, not per message
                 if to_send.dead_letter is not None:
                     outcome.dead_lettered.append(message.event_id)
                 else:
-                    outcome.published += 1
+                    by_collection[message.collection] = by_collection.get(message.collection, 0) + 1
             self._produce(
                 producer,
                 OutgoingMessage(
@@ -232,6 +250,7 @@ class KafkaEventPublisher:
                 self._abort(producer)
                 raise LeaseCheckFailedError("lease lost before commit; transaction aborted")
             producer.commit_transaction(COMMIT_TIMEOUT_S)
+            outcome.published = sum(by_collection.values())
         except KafkaException as e:
             err = e.args[0]
             if err.fatal():
@@ -258,7 +277,6 @@ class KafkaEventPublisher:
             except BufferError:
                 producer.poll(0.05)  # local queue full: serve delivery reports, then retry
                 continue
-            producer.poll(0)
             return
 
     @staticmethod

@@ -14,9 +14,11 @@ holds everything up to the last checkpoint and nothing after it. The relay:
    stream passes the cluster time at which the scan ended; then normal checkpoints resume.
 
 A crash anywhere before step 4 completes restarts the recovery from the same place;
-the read-back makes the repeat publish nothing twice. The margin covers transactions in
-flight at the checkpoint (a record's `time` is set before its transaction commits) and
-clock skew between API hosts and the relay.
+the read-back makes the repeat publish nothing twice. The margin
+(`OUTBOX_RELAY_RECOVERY_MARGIN_SECONDS`, default 120 s, more than MongoDB's 60 s
+transaction lifetime limit) covers transactions in flight at the checkpoint (a record's
+`time` is set before its transaction commits) and clock skew between API hosts and the
+relay.
 """
 
 from __future__ import annotations
@@ -28,13 +30,10 @@ from typing import Any
 from bson.timestamp import Timestamp
 from pymongo.asynchronous.collection import AsyncCollection
 
-# > MongoDB's transactionLifetimeLimitSeconds (60 s): no transaction stays open longer.
-RECOVERY_MARGIN = timedelta(seconds=120)
+Change = dict[str, Any]
 
 
-def scan_since(
-    recover_from: datetime | None, margin: timedelta = RECOVERY_MARGIN
-) -> datetime | None:
+def scan_since(recover_from: datetime | None, margin: timedelta) -> datetime | None:
     """Where the outbox scan and the Kafka read-back start."""
     return None if recover_from is None else recover_from - margin
 
@@ -96,3 +95,20 @@ class SkipWindow:
         if cluster_time is not None and cluster_time > self.until:
             return False  # committed after the scan ended: the scan cannot have seen it
         return str(event_id) in self.ids
+
+
+def skip_scanned(
+    changes: list[Change], batch_cluster_time: Timestamp | None, skip: SkipWindow | None
+) -> tuple[list[Change], SkipWindow | None]:
+    """The changes of one stream batch still to publish, and the window for the next batch.
+
+    Each change is judged by its own cluster time *before* the window is dropped: a batch
+    that straddles the end of the scan must still skip the scanned ids it starts with.
+    The window is gone (None) once the batch's position is past the end of the scan.
+    """
+    if skip is None:
+        return changes, None
+    kept = [
+        c for c in changes if not skip.covers(c.get("clusterTime"), c["fullDocument"].get("_id"))
+    ]
+    return kept, None if skip.passed(batch_cluster_time) else skip

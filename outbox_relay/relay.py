@@ -12,15 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from bson import json_util
 from bson.timestamp import Timestamp
 from pymongo.errors import PyMongoError
 
-from infra.envelope import OutboxRecord
 from infra.errors import FatalError, PipelineError, RetriableError
 from infra.mongo import MongoClient, map_mongo_error
 from infra.retry import retrying
@@ -33,14 +31,22 @@ from outbox_relay.change_stream import (
     read_batch,
 )
 from outbox_relay.checkpoint import Checkpoint, CheckpointMode
+from outbox_relay.encoding import MessageEncoder, record_time
 from outbox_relay.kafka_reader import published_ids, read_checkpoint
 from outbox_relay.publisher import (
     KafkaEventPublisher,
+    LeaseCheckFailedError,
     OutgoingMessage,
     TransactionAbortedError,
     dead_letter_for,
 )
-from outbox_relay.recovery import SkipWindow, duplicate_possible, scan_outbox, scan_since
+from outbox_relay.recovery import (
+    SkipWindow,
+    duplicate_possible,
+    scan_outbox,
+    scan_since,
+    skip_scanned,
+)
 from outbox_relay.state import RelayState
 
 log = structlog.get_logger(__name__)
@@ -56,27 +62,20 @@ class HistoryLostError(RetriableError):
 
 def outgoing_for(raw: dict[str, Any], settings: Settings) -> OutgoingMessage:
     """The Kafka message for one stored outbox record (a dead letter if it is malformed)."""
-    kafka = settings.kafka
-    try:
-        record = OutboxRecord.from_mongo(raw)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        collection = raw.get("collection")
-        source = kafka.event_topic(collection) if isinstance(collection, str) else ""
-        bad = OutgoingMessage(
-            topic=source,
-            key=str(raw.get("document_id", "")).encode() or None,
-            value=json_util.dumps(raw).encode(),
-            headers=[],
-            event_id=str(raw.get("_id", "")),
-        )
-        return dead_letter_for(bad, f"malformed outbox record: {e!r}", kafka.dlq_topic)
-    return OutgoingMessage(
-        topic=kafka.event_topic(record.collection),
-        key=record.kafka_key(),
-        value=record.kafka_value(),
-        headers=record.kafka_headers(),
-        event_id=record.event_id,
-    )
+    return MessageEncoder(settings.kafka).encode(raw)
+
+
+def failed_dependency(error: BaseException) -> str | None:
+    """Which dependency a failed segment points at, for readiness (None: neither)."""
+    if isinstance(error, PyMongoError):
+        return "mongodb"
+    if isinstance(error, LeaseCheckFailedError):
+        return None  # the lease, not a dependency: the service stands by again
+    if isinstance(error, TransactionAbortedError) and error.refused:
+        return None  # Kafka answered: it refused a record, which goes to the DLQ next
+    if isinstance(error, RetriableError):
+        return "kafka"  # every other retriable error of the loop comes from Kafka
+    return None
 
 
 class OutboxRelay:
@@ -95,6 +94,8 @@ class OutboxRelay:
         self._state = state
         self._still_leader = still_leader
         self._publisher = KafkaEventPublisher(settings)
+        self._encoder = MessageEncoder(settings.kafka)
+        self._margin = timedelta(seconds=settings.relay.recovery_margin_seconds)
         self._committed = Checkpoint.initial(settings.relay.name)  # last committed
         self._tip = self._committed  # last handed to the producer
         self._refused: dict[str, str] = {}  # event id → why Kafka refused it for good
@@ -107,8 +108,13 @@ class OutboxRelay:
         try:
             async for attempt in retrying("relay_start", attempts=0, max_delay_s=GIVE_UP_AFTER_S):
                 with attempt:
-                    await self._publisher.start()
-                    stored = await read_checkpoint(self._settings.kafka, relay.name)
+                    try:
+                        await self._publisher.start()
+                        stored = await read_checkpoint(self._settings.kafka, relay.name)
+                    except RetriableError as e:
+                        self._state.dependency_down("kafka", str(e))
+                        raise
+                    self._state.dependency_up("kafka")
             if stored is None:
                 log.info("relay_resumed_from_outbox_start", relay=relay.name)
             else:
@@ -120,7 +126,7 @@ class OutboxRelay:
                     last_event_id=stored.last_event_id,
                 )
                 self._committed = stored
-                self._note_committed(stored)
+                self._state.position_reached(stored)
             while True:
                 async for attempt in retrying(
                     "relay_resume", attempts=0, max_delay_s=GIVE_UP_AFTER_S, max_wait_s=2.0
@@ -146,7 +152,7 @@ class OutboxRelay:
                 else:
                     await self._stream(cp, resume_after=cp.resume_token)
             except HistoryLostError:
-                self._state.history_lost_recoveries += 1
+                self._state.history_lost()
                 cp = self._committed
                 log.error(  # noqa: TRY400 - an expected condition: no traceback wanted
                     "change_stream_history_lost",
@@ -176,6 +182,9 @@ class OutboxRelay:
             cause = e
         else:  # pragma: no cover - _stream only returns by raising
             return
+        dependency = failed_dependency(cause)
+        if dependency is not None:
+            self._state.dependency_down(dependency, str(failure))
         if self._commits == commits_before:
             raise failure from cause
         log.warning(
@@ -191,7 +200,7 @@ class OutboxRelay:
         """Re-publish retained outbox records Kafka lacks, then stream on (see recovery.py)."""
         relay = self._settings.relay
         t0 = await operation_time(self._client)
-        since = scan_since(cp.recover_from)
+        since = scan_since(cp.recover_from, self._margin)
         seen = await published_ids(self._settings.kafka, relay.collections, since)
         log.warning(
             "outbox_recovery_started",
@@ -207,17 +216,17 @@ class OutboxRelay:
             self._outbox, since, relay.collections, relay.batch_max_events
         ):
             messages: list[OutgoingMessage] = []
+            last_time: datetime | None = None
             for raw in raws:
                 event_id = str(raw.get("_id"))
                 if event_id in seen or event_id in scanned:
                     continue
                 scanned.add(event_id)
-                message = self._with_refusal(outgoing_for(raw, self._settings))
+                message = self._with_refusal(self._encoder.encode(raw))
                 messages.append(message)
-                if isinstance(raw.get("time"), datetime) and duplicate_possible(
-                    _aware(raw["time"]), cp.recover_from
-                ):
-                    self._state.duplicates_possible += 1
+                last_time = record_time(raw)
+                if last_time is not None and duplicate_possible(last_time, cp.recover_from):
+                    self._state.duplicate_possible()
                     log.error(
                         "duplicate_possible",
                         relay=relay.name,
@@ -233,7 +242,7 @@ class OutboxRelay:
                     now=datetime.now(UTC),
                 )
                 self._tip = checkpoint
-                await self._commit(messages, checkpoint)
+                await self._commit(messages, checkpoint, last_record_time=last_time)
                 published += len(messages)
         t1 = await operation_time(self._client)
         log.warning(
@@ -289,14 +298,23 @@ class OutboxRelay:
                         if not batch.changes and batch.resume_token == self._tip.resume_token:
                             heartbeat_due = time.monotonic() + relay.heartbeat_seconds
                             continue
-                        messages, checkpoint = self._prepare(batch, skip)
-                        if skip is not None and skip.passed(batch.cluster_time):
-                            skip = None  # past the scan: no more ids to skip, normal checkpoints
+                        # Past the end of the scan the window is None: normal checkpoints.
+                        messages, checkpoint, skip = self._prepare(batch, skip)
+                        last_time = (
+                            record_time(batch.changes[-1]["fullDocument"])
+                            if batch.changes
+                            else None
+                        )
                         if pending is not None:
                             await pending
                         self._tip = checkpoint
                         pending = asyncio.create_task(
-                            self._commit(messages, checkpoint, heartbeat=not batch.changes)
+                            self._commit(
+                                messages,
+                                checkpoint,
+                                heartbeat=not batch.changes,
+                                last_record_time=last_time,
+                            )
                         )
                         heartbeat_due = time.monotonic() + relay.heartbeat_seconds
             finally:
@@ -307,17 +325,16 @@ class OutboxRelay:
 
     def _prepare(
         self, batch: StreamBatch, skip: SkipWindow | None
-    ) -> tuple[list[OutgoingMessage], Checkpoint]:
-        """The messages of a stream batch and the checkpoint that follows them."""
-        messages = []
-        for change in batch.changes:
-            raw = change["fullDocument"]
-            if skip is not None and skip.covers(change.get("clusterTime"), raw.get("_id")):
-                continue
-            messages.append(self._with_refusal(outgoing_for(raw, self._settings)))
+    ) -> tuple[list[OutgoingMessage], Checkpoint, SkipWindow | None]:
+        """The messages of a stream batch, the checkpoint after them, the next skip window."""
+        changes, next_skip = skip_scanned(batch.changes, batch.cluster_time, skip)
+        encode = self._encoder.encode
+        messages = [encode(change["fullDocument"]) for change in changes]
+        if self._refused:
+            messages = [self._with_refusal(m) for m in messages]
         now = datetime.now(UTC)
         last_id = messages[-1].event_id if messages else None
-        if skip is not None and not skip.passed(batch.cluster_time):
+        if next_skip is not None:
             # Still inside the recovery window: a restart must redo the recovery.
             checkpoint = self._tip.recovering(
                 last_event_id=last_id, published=len(messages), now=now
@@ -330,7 +347,7 @@ class OutboxRelay:
                 published=len(messages),
                 now=now,
             )
-        return messages, checkpoint
+        return messages, checkpoint, next_skip
 
     # --- committing ------------------------------------------------------------------
 
@@ -341,17 +358,23 @@ class OutboxRelay:
         return dead_letter_for(message, reason, self._settings.kafka.dlq_topic)
 
     async def _commit(
-        self, messages: list[OutgoingMessage], checkpoint: Checkpoint, *, heartbeat: bool = False
+        self,
+        messages: list[OutgoingMessage],
+        checkpoint: Checkpoint,
+        *,
+        heartbeat: bool = False,
+        last_record_time: datetime | None = None,
     ) -> None:
         topics = {m.topic for m in messages if m.dead_letter is None}
         if topics:
             await self._publisher.ensure_event_topics(topics)
+        started = time.perf_counter()
         try:
             outcome = await self._publisher.commit(
                 messages, checkpoint, self._still_leader, frozenset(self._suspects)
             )
         except TransactionAbortedError as e:
-            self._state.transactions_aborted += 1
+            self._state.aborted()
             for event_id, reason in e.refused.items():
                 # A refused produce request fails every event in it: only an event that
                 # was alone in its request is surely the one at fault; isolate the others.
@@ -369,15 +392,16 @@ class OutboxRelay:
             raise
         self._committed = checkpoint
         self._commits += 1
-        self._note_committed(checkpoint)
-        state = self._state
-        state.events_published += outcome.published
-        state.events_dead_lettered += len(outcome.dead_lettered)
-        if heartbeat:
-            state.heartbeats_committed += 1
-        else:
-            state.batches_committed += 1
-        self._suspects.difference_update(m.event_id for m in messages)
+        self._state.committed(
+            checkpoint,
+            published=outcome.by_collection,
+            dead_lettered=len(outcome.dead_lettered),
+            last_record_time=last_record_time,
+            heartbeat=heartbeat,
+            seconds=time.perf_counter() - started,
+        )
+        if self._suspects:
+            self._suspects.difference_update(m.event_id for m in messages)
         for event_id in outcome.dead_lettered:
             self._refused.pop(event_id, None)
             log.error(
@@ -394,15 +418,3 @@ class OutboxRelay:
             cluster_time=str(checkpoint.cluster_time),
             heartbeat=heartbeat,
         )
-
-    def _note_committed(self, checkpoint: Checkpoint) -> None:
-        state = self._state
-        state.last_checkpoint_time = checkpoint.written_at
-        if checkpoint.cluster_time is not None:
-            state.last_cluster_time = checkpoint.cluster_time
-        state.last_event_id = checkpoint.last_event_id
-        state.progressed()
-
-
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=UTC)

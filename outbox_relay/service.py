@@ -2,7 +2,8 @@
 
 `serve(settings)` runs until cancelled (SIGTERM/Ctrl-C through `outbox relay`) or until
 a fatal error (e.g. fenced by another relay), which it raises so the process exits
-non-zero and its supervisor restarts it.
+non-zero and its supervisor restarts it. For the whole life of the process, standby
+included, `/healthz`, `/readyz` and `/metrics` answer on `OUTBOX_RELAY_METRICS_PORT`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from datetime import timedelta
 import structlog
 from pymongo.errors import OperationFailure, PyMongoError
 
-from infra.errors import FatalError
+from infra.errors import FatalError, ServerUnreachableError
+from infra.health import HealthServer, ProgressMonitor
 from infra.mongo import MongoClient, map_mongo_error, mongo_client, ping
 from infra.retry import retrying
 from infra.settings import Settings
+from outbox_relay.backlog import watch_backlog
 from outbox_relay.change_stream import oplog_seconds_left
 from outbox_relay.lease import LEASE_COLLECTION, LeaseLostError, MongoLease
 from outbox_relay.relay import OutboxRelay
@@ -53,12 +56,28 @@ async def serve(settings: Settings) -> None:
     """Run the relay named `settings.relay.name` (see the module docstring)."""
     relay_settings = settings.relay
     structlog.contextvars.bind_contextvars(relay=relay_settings.name)
-    state = RelayState(name=relay_settings.name)
+    state = RelayState(
+        name=relay_settings.name,
+        monitor=ProgressMonitor(stall_after_s=relay_settings.stall_after_seconds),
+    )
+    state.became_standby()
+    health = HealthServer(relay_settings.metrics_host, relay_settings.metrics_port, state.readiness)
+    async with health:
+        await _serve(settings, state)
+
+
+async def _serve(settings: Settings, state: RelayState) -> None:
+    relay_settings = settings.relay
     client = mongo_client(settings.mongo, app_name=f"outbox-relay-{relay_settings.name}")
     try:
         async for attempt in retrying("relay_startup", attempts=0, max_delay_s=120):
             with attempt:
-                await ping(client, settings.mongo)
+                try:
+                    await ping(client, settings.mongo)
+                except ServerUnreachableError as e:
+                    state.dependency_down("mongodb", str(e))
+                    raise
+                state.dependency_up("mongodb")
                 try:
                     await ensure_outbox_ttl(client, settings)
                 except PyMongoError as e:
@@ -71,16 +90,16 @@ async def serve(settings: Settings) -> None:
             state=state,
         )
         while True:
-            state.role = "standby"
+            state.became_standby()
             await lease.wait_acquired()
-            state.role = "active"
+            state.became_active()
             try:
                 await _run_active(settings, client, state, lease)
             except LeaseLostError as e:
                 log.error("lease_lost", error=str(e))  # noqa: TRY400 - no traceback wanted
                 continue
             finally:
-                state.role = "standby"
+                state.became_standby()
     finally:
         await client.close()
 
@@ -90,17 +109,23 @@ async def _run_active(
 ) -> None:
     """Publish while the lease holds; returns never, raises `LeaseLostError` or fatal errors."""
     relay = OutboxRelay(settings, client, state, still_leader=lease.held)
-    work = asyncio.create_task(relay.run(), name="relay")
-    keeper = asyncio.create_task(_keep_lease(lease, client, state), name="relay-lease")
+    outbox = client[settings.mongo.database][settings.mongo.outbox_collection]
+    tasks = {
+        asyncio.create_task(relay.run(), name="relay"),
+        asyncio.create_task(_keep_lease(lease, client, state), name="relay-lease"),
+        asyncio.create_task(
+            watch_backlog(outbox, settings.relay.collections, state), name="relay-backlog"
+        ),
+    }
     try:
-        done, _ = await asyncio.wait({work, keeper}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         first = done.pop()
         first.result()  # raises what ended it
         raise FatalError(f"relay task {first.get_name()} ended unexpectedly")
     finally:
-        for task in (work, keeper):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(work, keeper, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         # Also on a fatal error or a clean stop: a standby need not wait for the expiry.
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(lease.release())
@@ -110,5 +135,5 @@ async def _keep_lease(lease: MongoLease, client: MongoClient, state: RelayState)
     """Renew the lease and refresh the status it carries; `LeaseLostError` when gone."""
     while True:
         await asyncio.sleep(lease.interval)
-        state.oplog_seconds_left = await oplog_seconds_left(client, state.last_cluster_time)
-        await lease.renew()
+        await lease.renew()  # first: a slow oplog query must not delay the renewal
+        state.oplog_window(await oplog_seconds_left(client, state.last_cluster_time))

@@ -22,7 +22,6 @@ from outbox_relay.checkpoint import (
 )
 from outbox_relay.publisher import OutgoingMessage, dead_letter_for, transactional_id
 from outbox_relay.recovery import (
-    RECOVERY_MARGIN,
     SkipWindow,
     duplicate_possible,
     scan_filter,
@@ -211,9 +210,10 @@ def test_history_loss_is_recognised_by_code_not_by_label() -> None:
 
 
 def test_recovery_scans_from_the_checkpoint_minus_the_margin() -> None:
-    assert scan_since(None) is None
-    assert scan_since(NOW) == NOW - RECOVERY_MARGIN
-    assert timedelta(seconds=60) <= RECOVERY_MARGIN  # MongoDB's transaction lifetime limit
+    margin = timedelta(seconds=RelaySettings().recovery_margin_seconds)
+    assert scan_since(None, margin) is None
+    assert scan_since(NOW, margin) == NOW - margin
+    assert timedelta(seconds=60) <= margin  # MongoDB's transaction lifetime limit
     assert scan_filter(NOW, ["books"]) == {"time": {"$gte": NOW}, "collection": {"$in": ["books"]}}
     assert scan_filter(None, []) == {}
 
