@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from pymongo import ASCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, OperationFailure
@@ -29,7 +28,6 @@ log = structlog.get_logger(__name__)
 
 # MongoDB's WriteConflict: with this label `with_transaction` retries the whole transaction.
 WRITE_CONFLICT = 112
-INDEX_CONFLICT_CODES = {85, 86}  # IndexOptionsConflict, IndexKeySpecsConflict
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,25 +81,6 @@ class MongoDocumentStore:
         self._outbox: AsyncCollection[dict[str, Any]] = self._db[settings.outbox_collection]
         self._max_document_bytes = max_document_bytes
         self._after_document_write = after_document_write
-
-    async def ensure_indexes(self) -> None:
-        """Outbox retention (TTL on `time`) and lookup by document and version."""
-        ttl_seconds = int(self._settings.outbox_ttl_days * 86400)
-        specs: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
-            ([("time", ASCENDING)], {"name": "outbox_ttl", "expireAfterSeconds": ttl_seconds}),
-            (
-                [("collection", ASCENDING), ("document_id", ASCENDING), ("version", ASCENDING)],
-                {"name": "outbox_document_version"},
-            ),
-        ]
-        for keys, options in specs:
-            try:
-                await self._outbox.create_index(keys, **options)
-            except OperationFailure as e:
-                if e.code not in INDEX_CONFLICT_CODES:
-                    raise
-                # An equivalent index made by someone else (or an older TTL) is kept as is.
-                log.warning("outbox_index_kept", index=options["name"], error=str(e))
 
     async def get(self, collection: str, document_id: str) -> StoredDocument | None:
         """The live document, or None if it never existed or was deleted."""

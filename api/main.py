@@ -19,7 +19,7 @@ from api.problems import install_problem_handlers
 from api.routes import auth, documents, health, operator, search
 from infra.elastic import elastic_client
 from infra.errors import FatalError
-from infra.mongo import mongo_client
+from infra.mongo import ensure_outbox_indexes, mongo_client
 from infra.settings import Settings
 from infra.tracing import Tracing, configure_tracing
 
@@ -38,7 +38,7 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
             store = MongoDocumentStore(
                 mongo, settings.mongo, max_document_bytes=settings.api.max_body_bytes
             )
-            await store.ensure_indexes()
+            await ensure_outbox_indexes(mongo, settings.mongo)
             app.state.mongo = mongo
             app.state.auth_channel = auth_channel
             app.state.auth_client = GrpcAuthClient(auth_channel, settings.auth)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import timedelta
 
 import structlog
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
 from infra.errors import FatalError, ServerUnreachableError
 from infra.health import HealthServer, ProgressMonitor
-from infra.mongo import MongoClient, map_mongo_error, mongo_client, ping
+from infra.mongo import MongoClient, ensure_outbox_indexes, map_mongo_error, mongo_client, ping
 from infra.retry import retrying
 from infra.settings import Settings
 from outbox_relay.backlog import watch_backlog
@@ -27,29 +26,6 @@ from outbox_relay.relay import OutboxRelay
 from outbox_relay.state import RelayState
 
 log = structlog.get_logger(__name__)
-
-INDEX_OPTIONS_CONFLICT = 85
-INDEX_KEY_SPECS_CONFLICT = 86
-
-
-async def ensure_outbox_ttl(client: MongoClient, settings: Settings) -> None:
-    """The outbox's retention: a TTL index on `time` (`OUTBOX_MONGO_OUTBOX_TTL_DAYS`)."""
-    mongo = settings.mongo
-    db = client[mongo.database]
-    seconds = int(timedelta(days=mongo.outbox_ttl_days).total_seconds())
-    try:
-        await db[mongo.outbox_collection].create_index("time", expireAfterSeconds=seconds)
-    except OperationFailure as e:
-        if e.code not in {INDEX_OPTIONS_CONFLICT, INDEX_KEY_SPECS_CONFLICT}:
-            raise
-        # The index exists with another TTL: change the TTL in place.
-        await db.command(
-            {
-                "collMod": mongo.outbox_collection,
-                "index": {"keyPattern": {"time": 1}, "expireAfterSeconds": seconds},
-            }
-        )
-    log.info("outbox_ttl_ensured", ttl_seconds=seconds)
 
 
 async def serve(settings: Settings) -> None:
@@ -79,7 +55,7 @@ async def _serve(settings: Settings, state: RelayState) -> None:
                     raise
                 state.dependency_up("mongodb")
                 try:
-                    await ensure_outbox_ttl(client, settings)
+                    await ensure_outbox_indexes(client, settings.mongo)
                 except PyMongoError as e:
                     raise map_mongo_error(e) from e
         leases = client[settings.mongo.database][LEASE_COLLECTION]

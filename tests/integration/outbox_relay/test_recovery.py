@@ -6,13 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pymongo.errors import PyMongoError
 
 from infra.devstack import EmbeddedStack
 from infra.envelope import OutboxRecord
 from infra.kafka import ensure_topics
 from infra.mongo import MongoClient, mongo_client
 from infra.settings import KafkaSettings, Settings
-from outbox_relay.change_stream import operation_time
+from outbox_relay.change_stream import is_history_lost, operation_time
 from outbox_relay.checkpoint import CheckpointMode
 from tests.conftest import ServerUrls, settings_for
 from tests.fixtures.relay import (
@@ -60,6 +61,33 @@ async def test_the_checkpoint_advances_on_a_quiet_outbox_beside_a_busy_collectio
     assert await read_events(relay_settings, COLLECTIONS) == []  # heartbeats carry no events
 
 
+async def _history_lost(client: MongoClient, settings: Settings) -> bool:
+    """Whether resuming after the last checkpoint fails with history loss right now."""
+    checkpoint = (await read_checkpoints(settings))[-1]
+    outbox = client[settings.mongo.database][settings.mongo.outbox_collection]
+    try:
+        async with await outbox.watch(resume_after=checkpoint.resume_token) as stream:
+            await stream.try_next()
+    except PyMongoError as e:
+        return is_history_lost(e)
+    return False
+
+
+async def _push_checkpoint_out_of_the_oplog(client: MongoClient, settings: Settings) -> None:
+    """Other writes plus a prune until the checkpoint's resume point is really gone.
+
+    SecantusDB prunes lazily, so one round is not always enough; the test needs the loss
+    to have happened, not just to be likely.
+    """
+    busy = client[settings.mongo.database]["busy"]
+    for round_ in range(10):
+        await busy.insert_many([{"round": round_, "i": i} for i in range(120)])
+        await client.admin.command({"secantusAdmin.pruneOplog": 1})
+        if await _history_lost(client, settings):
+            return
+    raise AssertionError("the checkpoint never left the oplog")
+
+
 @pytest.fixture
 def tiny_oplog_stack(tmp_path: Path) -> Iterator[EmbeddedStack]:
     """A stack whose MongoDB keeps only 50 oplog entries."""
@@ -89,10 +117,7 @@ async def test_history_loss_is_recovered_from_the_outbox_without_losing_a_record
         # checkpoint out of the 50-entry oplog.
         records[60:] = restamped(records[60:])
         await write_outbox(client, settings, records[60:])
-        busy = client[settings.mongo.database]["busy"]
-        for i in range(120):
-            await busy.insert_one({"i": i})
-        await client.admin.command({"secantusAdmin.pruneOplog": 1})
+        await _push_checkpoint_out_of_the_oplog(client, settings)
 
         async with running_relay(settings):
             await wait_for_events(settings, COLLECTIONS, len(records))
