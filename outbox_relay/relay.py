@@ -19,10 +19,12 @@ import structlog
 from bson.timestamp import Timestamp
 from pymongo.errors import PyMongoError
 
+from infra.envelope import CE_TRACEPARENT, headers_dict
 from infra.errors import FatalError, PipelineError, RetriableError
 from infra.mongo import MongoClient, map_mongo_error
 from infra.retry import retrying
 from infra.settings import Settings
+from infra.tracing import Tracing
 from outbox_relay.change_stream import (
     StreamBatch,
     is_history_lost,
@@ -87,8 +89,10 @@ class OutboxRelay:
         client: MongoClient,
         state: RelayState,
         still_leader: Callable[[], bool],
+        tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
+        self._tracing = tracing or Tracing()
         self._client = client
         self._outbox = client[settings.mongo.database][settings.mongo.outbox_collection]
         self._state = state
@@ -357,6 +361,20 @@ class OutboxRelay:
             return message
         return dead_letter_for(message, reason, self._settings.kafka.dlq_topic)
 
+    def _trace_published(self, messages: list[OutgoingMessage], started_ns: int) -> None:
+        """One span per event under the write's trace, spanning its Kafka transaction."""
+        ended_ns = time.time_ns()
+        for message in messages:
+            if message.dead_letter is not None:
+                continue
+            self._tracing.record_span(
+                "outbox.publish",
+                parent=headers_dict(list(message.headers)).get(CE_TRACEPARENT),
+                start_ns=started_ns,
+                end_ns=ended_ns,
+                attributes={"outbox.event_id": message.event_id, "outbox.topic": message.topic},
+            )
+
     async def _commit(
         self,
         messages: list[OutgoingMessage],
@@ -369,6 +387,7 @@ class OutboxRelay:
         if topics:
             await self._publisher.ensure_event_topics(topics)
         started = time.perf_counter()
+        started_ns = time.time_ns()
         try:
             outcome = await self._publisher.commit(
                 messages, checkpoint, self._still_leader, frozenset(self._suspects)
@@ -400,6 +419,8 @@ class OutboxRelay:
             heartbeat=heartbeat,
             seconds=time.perf_counter() - started,
         )
+        if self._tracing.enabled:
+            self._trace_published(messages, started_ns)
         if self._suspects:
             self._suspects.difference_update(m.event_id for m in messages)
         for event_id in outcome.dead_lettered:

@@ -19,6 +19,7 @@ from infra.health import HealthServer, ProgressMonitor
 from infra.mongo import MongoClient, ensure_outbox_indexes, map_mongo_error, mongo_client, ping
 from infra.retry import retrying
 from infra.settings import Settings
+from infra.tracing import configure_tracing
 from outbox_relay.backlog import watch_backlog
 from outbox_relay.change_stream import oplog_seconds_left
 from outbox_relay.lease import LEASE_COLLECTION, LeaseLostError, MongoLease
@@ -84,7 +85,9 @@ async def _run_active(
     settings: Settings, client: MongoClient, state: RelayState, lease: MongoLease
 ) -> None:
     """Publish while the lease holds; returns never, raises `LeaseLostError` or fatal errors."""
-    relay = OutboxRelay(settings, client, state, still_leader=lease.held)
+    relay = OutboxRelay(
+        settings, client, state, still_leader=lease.held, tracing=configure_tracing("relay")
+    )
     outbox = client[settings.mongo.database][settings.mongo.outbox_collection]
     tasks = {
         asyncio.create_task(relay.run(), name="relay"),
