@@ -40,6 +40,7 @@ from infra.settings import KafkaSettings
 from operator_tools.backends import CONNECT_TIMEOUT_S, Backends
 from operator_tools.dlq import list_entries
 from operator_tools.reconcile import collections_to_check
+from outbox_relay.backlog import backlog_query
 from outbox_relay.checkpoint import CheckpointMode
 from outbox_relay.kafka_reader import read_checkpoint
 from outbox_relay.lease import LEASE_COLLECTION
@@ -146,10 +147,10 @@ async def _relay_position(backends: Backends, report: StatusReport) -> None:
             candidates.append(checkpoint.wall_time)
         position = max(candidates, default=None)
     report.position_time = position
-    query = dict(scope)
-    if position is not None:
-        query["time"] = {"$gt": position}
-    report.backlog = await outbox.count_documents(query)
+    # The relay's own definition, so `outbox status` and `outbox_outbox_backlog` agree.
+    report.backlog = await outbox.count_documents(
+        backlog_query(position, settings.relay.collections)
+    )
     newest = await outbox.find_one(scope, {"time": 1}, sort=[("time", -1)])
     if newest is not None:
         report.newest_record_time = _aware(newest["time"])
