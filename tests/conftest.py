@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from infra.devstack import EmbeddedStack
 from infra.settings import (
@@ -22,6 +23,12 @@ from infra.settings import (
     MongoSettings,
     Settings,
 )
+
+# No per-example deadline: a loaded 2-core machine makes timing noise, not bugs. In CI the
+# examples are derandomized so a landing never depends on the draw; locally they vary.
+hypothesis_settings.register_profile("dev", deadline=None)
+hypothesis_settings.register_profile("ci", deadline=None, derandomize=True)
+hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 pytest_plugins = [
     "tests.fixtures.auth",
