@@ -9,10 +9,7 @@ from the event loop's thread only: Linux's parent-death signal follows the spawn
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +23,7 @@ import psutil
 from pydantic import BaseModel
 
 from infra.devstack import EmbeddedStack, free_port, port_in_use
+from infra.process import die_with_parent, kill, terminate
 from infra.settings import (
     ElasticSettings,
     KafkaSettings,
@@ -40,18 +38,10 @@ SERVICES = ("auth", "api", "relay", "indexer")
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 WRITER = "bench-writer"
-_PR_SET_PDEATHSIG = 1
 
 
 class PipelineError(RuntimeError):
     """The harness could not bring a service up."""
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: a crashed harness leaves no orphan services."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -93,7 +83,7 @@ class ServiceProcess:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 # Only calls prctl, and we spawn from the loop's thread only.
-                preexec_fn=_die_with_parent,  # noqa: PLW1509
+                preexec_fn=die_with_parent,  # noqa: PLW1509
             )
         self.starts += 1
 
@@ -107,18 +97,10 @@ class ServiceProcess:
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        kill(self.process)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        terminate(self.process, timeout_s)
 
 
 class RssSampler:

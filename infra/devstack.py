@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.errors import PipelineError
-from infra.process import die_with_parent
+from infra.process import die_with_parent, kill, terminate
 
 SECANTUS_READY_TIMEOUT_S = 30.0
 NOIDA_READY_TIMEOUT_S = 30.0
@@ -123,19 +122,11 @@ class ServerProcess:
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM, wait (so the port and data dir are free again), SIGKILL if it lingers."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        terminate(self.process, timeout_s)
 
     def kill(self) -> None:
         """SIGKILL: the fault tests' crash."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        kill(self.process)
 
 
 def _secantus_command() -> str:

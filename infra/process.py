@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import signal
+import subprocess
 import sys
 
 _PR_SET_PDEATHSIG = 1
@@ -20,3 +21,21 @@ def die_with_parent() -> None:
     """
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def kill(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL and reap: no shutdown code runs (the fault tests' crash)."""
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def terminate(process: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
+    """SIGTERM, wait (so ports and data dirs are free again), SIGKILL if it lingers."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill(process)
