@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pymongo.asynchronous.database import AsyncDatabase
 
 from api.auth_client import GrpcAuthClient, Principal
-from api.documents import MongoDocumentStore
+from api.document_store import MongoDocumentStore
 from api.problems import ProblemError, unauthorized
 from api.validation import check_collection_name, check_document_id
 from infra.mongo import MongoClient

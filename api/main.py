@@ -12,7 +12,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.auth_client import GrpcAuthClient
-from api.documents import MongoDocumentStore
+from api.document_store import MongoDocumentStore
 from api.metrics import ApiMetrics
 from api.middleware import RequestMiddleware
 from api.problems import install_problem_handlers

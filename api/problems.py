@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.validation import BodyTooLargeError, InputError, MalformedJsonError
-from api.versioning import (
+from api.write_rules import (
     DocumentExistsError,
     DocumentNotFoundError,
     PreconditionFailedError,

@@ -33,7 +33,8 @@ import structlog
 from confluent_kafka import KafkaException
 
 from indexer.consumer import ConsumedMessage, KafkaEventSource, TopicPartitionKey
-from indexer.dlq import KafkaDeadLetterWriter
+from indexer.dlq_writer import KafkaDeadLetterWriter
+from indexer.progress import DLQ, INDEXED, STALE, IndexerState, count_results
 from indexer.projection import (
     IndexAction,
     ProjectionError,
@@ -42,8 +43,7 @@ from indexer.projection import (
     latest_per_document,
 )
 from indexer.sink import ElasticsearchSink, ItemResult
-from indexer.state import DLQ, INDEXED, STALE, IndexerState, count_results
-from infra.dlq import DeadLetter
+from infra.dead_letter import DeadLetter
 from infra.elastic import elastic_client
 from infra.envelope import EnvelopeError, OutboxRecord
 from infra.errors import RetriableError

@@ -34,9 +34,9 @@ from indexer.projection import DELETED_FIELD, ID_FIELD, VERSION_FIELD
 from infra.elastic import map_elastic_error
 from infra.envelope import EventType, OutboxRecord, new_event_id, utc_now
 from infra.errors import FatalError
-from operator_tools.backends import Backends
+from operator_tools.clients import OperatorClients
 from operator_tools.progress import NoProgress, Progress
-from operator_tools.republish import KafkaRepublisher, OutgoingEvent
+from operator_tools.reemitter import KafkaReemitter, OutgoingEvent
 
 log = structlog.get_logger(__name__)
 
@@ -143,10 +143,10 @@ async def diff(mongo: AsyncIterator[Entry], index: AsyncIterator[Entry]) -> Asyn
 
 
 async def mongo_entries(
-    backends: Backends, collection: str, progress: Progress | None = None
+    clients: OperatorClients, collection: str, progress: Progress | None = None
 ) -> AsyncIterator[Entry]:
     """Every document of `collection` (tombstones included), sorted by `_id`."""
-    coll = backends.db[collection]
+    coll = clients.db[collection]
     cursor = coll.find({}, {"version": 1, "deleted": 1, "document": 1}).sort("_id", 1)
     async with cursor.batch_size(PAGE) as docs:
         async for raw in docs:
@@ -160,10 +160,10 @@ async def mongo_entries(
             yield Entry(raw["_id"], int(raw["version"]), deleted)
 
 
-async def index_entries(backends: Backends, collection: str) -> AsyncIterator[Entry]:
+async def index_entries(clients: OperatorClients, collection: str) -> AsyncIterator[Entry]:
     """Every document behind the collection's alias, sorted by `id` (search_after pages)."""
-    alias = backends.settings.es.alias_for(collection)
-    es = backends.es
+    alias = clients.settings.es.alias_for(collection)
+    es = clients.es
     search_after: list[Any] | None = None
     while True:
         try:
@@ -190,28 +190,28 @@ async def index_entries(backends: Backends, collection: str) -> AsyncIterator[En
         search_after = hits[-1]["sort"]
 
 
-async def refresh(backends: Backends, collection: str) -> None:
+async def refresh(clients: OperatorClients, collection: str) -> None:
     """Make everything the indexer acknowledged visible to the scan."""
     try:
-        await backends.es.indices.refresh(index=backends.settings.es.alias_for(collection))
+        await clients.es.indices.refresh(index=clients.settings.es.alias_for(collection))
     except NotFoundError:
         return
     except (ApiError, TransportError) as e:
         raise map_elastic_error(e) from e
 
 
-async def collections_to_check(backends: Backends, only: str | None) -> list[str]:
+async def collections_to_check(clients: OperatorClients, only: str | None) -> list[str]:
     """`only`, or every document collection in the database (outbox and service ones skipped)."""
     if only:
         return [only]
     from indexer.projection import COLLECTION_RE  # noqa: PLC0415 - keeps the import list short
 
     skip = {
-        backends.settings.mongo.outbox_collection,
-        backends.settings.mongo.users_collection,
+        clients.settings.mongo.outbox_collection,
+        clients.settings.mongo.users_collection,
         *SERVICE_COLLECTIONS,
     }
-    names = await backends.db.list_collection_names()
+    names = await clients.db.list_collection_names()
     return sorted(n for n in names if n not in skip and COLLECTION_RE.fullmatch(n))
 
 
@@ -252,10 +252,10 @@ def delete_beyond(collection: str, entry: Entry) -> OutboxRecord:
 
 
 async def repair_records(
-    backends: Backends, collection: str, drifts: Sequence[Drift]
+    clients: OperatorClients, collection: str, drifts: Sequence[Drift]
 ) -> list[OutboxRecord]:
     """The events that bring Elasticsearch to MongoDB's state for `drifts` (no conflicts)."""
-    outbox = backends.db[backends.settings.mongo.outbox_collection]
+    outbox = clients.db[clients.settings.mongo.outbox_collection]
     wanted = {d.id: d.mongo.version for d in drifts if d.mongo is not None}
     originals: dict[str, OutboxRecord] = {}
     if wanted:
@@ -267,7 +267,7 @@ async def repair_records(
     expired = [i for i in wanted if i not in originals]
     current: dict[str, dict[str, Any]] = {}
     if expired:
-        async for raw in backends.db[collection].find({"_id": {"$in": expired}}):
+        async for raw in clients.db[collection].find({"_id": {"$in": expired}}):
             current[str(raw["_id"])] = raw
     records: list[OutboxRecord] = []
     for d in drifts:
@@ -334,7 +334,7 @@ class ReconcileReport:
 
 
 async def reconcile(
-    backends: Backends,
+    clients: OperatorClients,
     *,
     collection: str | None = None,
     repair: bool = False,
@@ -344,15 +344,15 @@ async def reconcile(
 ) -> ReconcileReport:
     """Compare (and with `repair`, re-emit events for) one or every collection."""
     progress = progress or NoProgress()
-    names = await collections_to_check(backends, collection)
+    names = await collections_to_check(clients, collection)
     log.info("reconcile_started", actor=actor, collections=names, repair=repair)
     report = ReconcileReport(collections=[], repaired=repair)
-    publisher = KafkaRepublisher(backends.settings.kafka) if repair else None
+    publisher = KafkaReemitter(clients.settings.kafka) if repair else None
     to_verify: list[tuple[str, OutboxRecord]] = []
     try:
         for name in names:
             report.collections.append(
-                await _reconcile_collection(backends, name, publisher, progress, to_verify)
+                await _reconcile_collection(clients, name, publisher, progress, to_verify)
             )
     finally:
         if publisher is not None:
@@ -360,7 +360,7 @@ async def reconcile(
     if repair and report.drifted:
         conflicts = sum(c.counts[DriftKind.CONFLICT.value] for c in report.collections)
         report.verified = conflicts == 0 and await _wait_applied(
-            backends, to_verify, verify_timeout_s
+            clients, to_verify, verify_timeout_s
         )
     log.info(
         "reconcile_finished",
@@ -373,24 +373,24 @@ async def reconcile(
 
 
 async def _reconcile_collection(
-    backends: Backends,
+    clients: OperatorClients,
     name: str,
-    publisher: KafkaRepublisher | None,
+    publisher: KafkaReemitter | None,
     progress: Progress,
     to_verify: list[tuple[str, OutboxRecord]],
 ) -> CollectionReport:
     """Diff one collection; with a publisher, re-emit repairs in batches as drift streams by."""
     section = CollectionReport(name)
-    section.mongo_documents = await backends.db[name].estimated_document_count()
+    section.mongo_documents = await clients.db[name].estimated_document_count()
     progress.start(f"reconciling {name}", section.mongo_documents)
-    await refresh(backends, name)
+    await refresh(clients, name)
     pending: list[Drift] = []
 
     async def flush_repairs() -> None:
         assert publisher is not None
-        records = await repair_records(backends, name, pending)
+        records = await repair_records(clients, name, pending)
         await publisher.publish(
-            [OutgoingEvent.replay_of(r, backends.settings.kafka) for r in records]
+            [OutgoingEvent.replay_of(r, clients.settings.kafka) for r in records]
         )
         section.repair_events += len(records)
         # Verification keeps ids only up to a bound: memory stays flat.
@@ -398,7 +398,7 @@ async def _reconcile_collection(
         to_verify.extend((name, r) for r in records[:room])
         pending.clear()
 
-    async for drift in diff(mongo_entries(backends, name, progress), index_entries(backends, name)):
+    async for drift in diff(mongo_entries(clients, name, progress), index_entries(clients, name)):
         section.counts[drift.kind.value] += 1
         if len(section.examples) < MAX_EXAMPLES:
             section.examples.append(drift.as_dict())
@@ -413,7 +413,7 @@ async def _reconcile_collection(
 
 
 async def _wait_applied(
-    backends: Backends, records: Sequence[tuple[str, OutboxRecord]], timeout_s: float
+    clients: OperatorClients, records: Sequence[tuple[str, OutboxRecord]], timeout_s: float
 ) -> bool:
     """Poll Elasticsearch until every re-emitted version is there (or newer)."""
     loop = asyncio.get_running_loop()
@@ -424,8 +424,8 @@ async def _wait_applied(
         for name in {n for n, _ in remaining}:
             batch = [r for n, r in remaining if n == name]
             try:
-                response = await backends.es.mget(
-                    index=backends.settings.es.alias_for(name),
+                response = await clients.es.mget(
+                    index=clients.settings.es.alias_for(name),
                     ids=[r.document_id for r in batch],
                     source=False,
                 )

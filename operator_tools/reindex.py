@@ -34,7 +34,7 @@ from indexer.sink import ItemResult, bulk_body, classify_item
 from infra.elastic import map_elastic_error
 from infra.envelope import OutboxRecord, utc_now
 from infra.errors import FatalError
-from operator_tools.backends import Backends
+from operator_tools.clients import OperatorClients
 from operator_tools.progress import NoProgress, Progress
 from operator_tools.reconcile import synthesized_record
 
@@ -93,9 +93,9 @@ class ReindexResult:
         }
 
 
-async def _alias_indices(backends: Backends, alias: str) -> list[str]:
+async def _alias_indices(clients: OperatorClients, alias: str) -> list[str]:
     try:
-        response = await backends.es.indices.get_alias(name=alias)
+        response = await clients.es.indices.get_alias(name=alias)
     except NotFoundError:
         return []
     except (ApiError, TransportError) as e:
@@ -104,10 +104,10 @@ async def _alias_indices(backends: Backends, alias: str) -> list[str]:
 
 
 async def _records(
-    backends: Backends, collection: str, raws: Sequence[dict[str, Any]]
+    clients: OperatorClients, collection: str, raws: Sequence[dict[str, Any]]
 ) -> list[OutboxRecord]:
     """Each document as the outbox record of its current version (or a synthesized one)."""
-    outbox = backends.db[backends.settings.mongo.outbox_collection]
+    outbox = clients.db[clients.settings.mongo.outbox_collection]
     versions = {str(r["_id"]): int(r["version"]) for r in raws}
     originals: dict[str, OutboxRecord] = {}
     query = {"collection": collection, "document_id": {"$in": list(versions)}}
@@ -135,7 +135,7 @@ async def _records(
 
 
 async def _copy(
-    backends: Backends,
+    clients: OperatorClients,
     collection: str,
     index: str,
     *,
@@ -151,14 +151,14 @@ async def _copy(
         nonlocal copied
         now = utc_now()
         actions: list[IndexAction] = []
-        for record in await _records(backends, collection, batch):
+        for record in await _records(clients, collection, batch):
             try:
                 actions.append(action_for(record, alias=index, indexed_at=now))
             except ValueError as e:
                 failures.append(f"{record.document_id}: {e}")
         if actions:
             try:
-                response = await backends.es.bulk(
+                response = await clients.es.bulk(
                     operations=cast(Any, bulk_body(actions)),  # NDJSON bytes, sent as is
                     filter_path="errors,items.*.status,items.*.error.type,items.*.error.reason",
                 )
@@ -174,7 +174,7 @@ async def _copy(
         progress.advance(len(batch))
         batch.clear()
 
-    cursor = backends.db[collection].find(query).sort("_id", 1)
+    cursor = clients.db[collection].find(query).sort("_id", 1)
     async with cursor.batch_size(BATCH) as docs:
         async for raw in docs:
             batch.append(raw)
@@ -186,7 +186,7 @@ async def _copy(
 
 
 async def reindex(
-    backends: Backends,
+    clients: OperatorClients,
     collection: str,
     *,
     keep_old: bool = False,
@@ -200,14 +200,14 @@ async def reindex(
     `before_swap` runs between the build and the swap (tests widen the race window with it).
     """
     progress = progress or NoProgress()
-    es = backends.es
-    alias = backends.settings.es.alias_for(collection)
+    es = clients.es
+    alias = clients.settings.es.alias_for(collection)
     try:
         if await es.indices.exists(index=alias) and not await es.indices.exists_alias(name=alias):
             raise ReindexError(f"{alias} is a concrete index, not an alias; rename it first")
-        old = await _alias_indices(backends, alias)
+        old = await _alias_indices(clients, alias)
         try:
-            mapping = index_mapping(backends.settings.es.mappings.get(collection))
+            mapping = index_mapping(clients.settings.es.mappings.get(collection))
         except ValueError as e:
             raise ReindexError(f"OUTBOX_ES_MAPPINGS for {collection!r}: {e}") from e
         all_indices = list((await es.indices.get(index=f"{alias}-v*", allow_no_indices=True)).body)
@@ -218,10 +218,10 @@ async def reindex(
     result = ReindexResult(collection, alias, new, old)
     log.info("reindex_started", actor=actor, collection=collection, new_index=new, old=old)
     started = utc_now()
-    coll = backends.db[collection]
+    coll = clients.db[collection]
     progress.start(f"copying {collection} into {new}", await coll.estimated_document_count())
     result.copied = await _copy(
-        backends, collection, new, query={}, progress=progress, failures=result.failures
+        clients, collection, new, query={}, progress=progress, failures=result.failures
     )
     if result.failures:
         await es.indices.delete(index=new)
@@ -234,7 +234,7 @@ async def reindex(
     try:
         await es.indices.refresh(index=new)
         # Re-read: the indexer may have created the first index meanwhile.
-        current = await _alias_indices(backends, alias)
+        current = await _alias_indices(clients, alias)
         await es.indices.update_aliases(actions=swap_actions(alias, current, new))
     except (ApiError, TransportError) as e:
         raise map_elastic_error(e) from e
@@ -244,7 +244,7 @@ async def reindex(
     recent = {"$or": [{"updated_at": {"$gte": cutoff}}, {"updated_at": {"$exists": False}}]}
     progress.start(f"catching up {collection}", await coll.count_documents(recent))
     result.caught_up = await _copy(
-        backends, collection, new, query=recent, progress=progress, failures=result.failures
+        clients, collection, new, query=recent, progress=progress, failures=result.failures
     )
     try:
         await es.indices.refresh(index=new)

@@ -19,9 +19,9 @@ from typing import Any
 import structlog
 
 from infra.envelope import OutboxRecord
-from operator_tools.backends import Backends
+from operator_tools.clients import OperatorClients
 from operator_tools.progress import NoProgress, Progress
-from operator_tools.republish import KafkaRepublisher, OutgoingEvent
+from operator_tools.reemitter import KafkaReemitter, OutgoingEvent
 from operator_tools.throttle import RateLimiter
 
 log = structlog.get_logger(__name__)
@@ -116,7 +116,7 @@ class ReplayResult:
 
 
 async def replay(
-    backends: Backends,
+    clients: OperatorClients,
     selection: ReplayFilter,
     *,
     dry_run: bool = False,
@@ -127,8 +127,8 @@ async def replay(
     """Re-publish the selected outbox records (see the module docstring)."""
     selection.validate()
     progress = progress or NoProgress()
-    settings = backends.settings
-    outbox = backends.db[settings.mongo.outbox_collection]
+    settings = clients.settings
+    outbox = clients.db[settings.mongo.outbox_collection]
     query = selection.mongo_query()
     total = await outbox.count_documents(query)
     result = ReplayResult(matched=total, dry_run=dry_run)
@@ -136,7 +136,7 @@ async def replay(
     progress.start("dry run" if dry_run else "replaying", total)
     counts: Counter[str] = Counter()
     limiter = RateLimiter(rate)
-    publisher = None if dry_run else KafkaRepublisher(settings.kafka)
+    publisher = None if dry_run else KafkaReemitter(settings.kafka)
     batch: list[OutgoingEvent] = []
 
     async def send() -> None:

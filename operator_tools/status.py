@@ -37,8 +37,8 @@ from indexer.projection import LIVE_FILTER
 from infra.elastic import map_elastic_error
 from infra.kafka import admin_client, consumer_config, map_kafka_error
 from infra.settings import KafkaSettings
-from operator_tools.backends import CONNECT_TIMEOUT_S, Backends
-from operator_tools.dlq import list_entries
+from operator_tools.clients import CONNECT_TIMEOUT_S, OperatorClients
+from operator_tools.dlq_ops import list_entries
 from operator_tools.reconcile import collections_to_check
 from outbox_relay.backlog import backlog_query
 from outbox_relay.checkpoint import CheckpointMode
@@ -124,9 +124,9 @@ def _aware(t: datetime) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-async def _relay_position(backends: Backends, report: StatusReport) -> None:
-    settings = backends.settings
-    outbox = backends.db[settings.mongo.outbox_collection]
+async def _relay_position(clients: OperatorClients, report: StatusReport) -> None:
+    settings = clients.settings
+    outbox = clients.db[settings.mongo.outbox_collection]
     scope: dict[str, Any] = {}
     if settings.relay.collections:
         scope["collection"] = {"$in": settings.relay.collections}
@@ -159,10 +159,10 @@ async def _relay_position(backends: Backends, report: StatusReport) -> None:
         report.lag_seconds = max(0.0, (report.newest_record_time - since).total_seconds())
 
 
-async def _leases(backends: Backends, report: StatusReport) -> None:
+async def _leases(clients: OperatorClients, report: StatusReport) -> None:
     now = datetime.now(UTC)
     active = False
-    async for raw in backends.db[LEASE_COLLECTION].find({}):
+    async for raw in clients.db[LEASE_COLLECTION].find({}):
         expires = raw.get("expires_at")
         live = raw.get("role") == "active" and expires is not None and _aware(expires) > now
         if raw["_id"] == report.relay_name and live:
@@ -270,29 +270,29 @@ def _count_small_gaps(settings: KafkaSettings, lags: list[PartitionLag]) -> None
             p.lag = counts[key]
 
 
-async def _consumer_lag(backends: Backends, report: StatusReport) -> None:
-    settings = backends.settings
+async def _consumer_lag(clients: OperatorClients, report: StatusReport) -> None:
+    settings = clients.settings
     report.consumer_lag = await asyncio.to_thread(
         consumer_lag_blocking, settings.kafka, settings.indexer.group_id
     )
 
 
-async def _dlq(backends: Backends, report: StatusReport) -> None:
-    entries = await list_entries(backends)
+async def _dlq(clients: OperatorClients, report: StatusReport) -> None:
+    entries = await list_entries(clients)
     report.dlq_total = len(entries)
     report.dlq_pending = sum(1 for e in entries if e.redriven_at is None)
     if report.dlq_pending:
         report.problems.append(f"{report.dlq_pending} dead-lettered events wait in the DLQ")
 
 
-async def _collection_counts(backends: Backends, report: StatusReport) -> None:
-    names = await collections_to_check(backends, None)
+async def _collection_counts(clients: OperatorClients, report: StatusReport) -> None:
+    names = await collections_to_check(clients, None)
 
     async def one(name: str) -> dict[str, Any]:
-        mongo_live = await backends.db[name].count_documents({"deleted": {"$ne": True}})
+        mongo_live = await clients.db[name].count_documents({"deleted": {"$ne": True}})
         try:
-            response = await backends.es.count(
-                index=backends.settings.es.alias_for(name), query=LIVE_FILTER
+            response = await clients.es.count(
+                index=clients.settings.es.alias_for(name), query=LIVE_FILTER
             )
             es_live: int | None = int(response["count"])
         except NotFoundError:
@@ -304,15 +304,15 @@ async def _collection_counts(backends: Backends, report: StatusReport) -> None:
     report.collections = list(await asyncio.gather(*(one(n) for n in names)))
 
 
-async def status(backends: Backends) -> StatusReport:
+async def status(clients: OperatorClients) -> StatusReport:
     """Gather the report; raises `ServerUnreachableError` if a server does not answer."""
-    await backends.ping()
-    report = StatusReport(relay_name=backends.settings.relay.name)
+    await clients.ping()
+    report = StatusReport(relay_name=clients.settings.relay.name)
     await asyncio.gather(
-        _relay_position(backends, report),
-        _leases(backends, report),
-        _consumer_lag(backends, report),
-        _dlq(backends, report),
-        _collection_counts(backends, report),
+        _relay_position(clients, report),
+        _leases(clients, report),
+        _consumer_lag(clients, report),
+        _dlq(clients, report),
+        _collection_counts(clients, report),
     )
     return report

@@ -40,7 +40,7 @@ from infra.logging import configure_logging
 from infra.settings import Settings
 
 if TYPE_CHECKING:
-    from operator_tools.backends import Backends
+    from operator_tools.clients import OperatorClients
     from operator_tools.status import StatusReport
 
 # operator_tools is imported inside each command: the service commands (`outbox relay`,
@@ -117,9 +117,11 @@ def _actor() -> str:
         return "cli"
 
 
-def run_ops(work: Callable[[Backends], Awaitable[T]], *, settings: Settings | None = None) -> T:
+def run_ops(
+    work: Callable[[OperatorClients], Awaitable[T]], *, settings: Settings | None = None
+) -> T:
     """Run one use case with fresh clients; map failures to one line and an exit code."""
-    from operator_tools.backends import open_backends  # noqa: PLC0415
+    from operator_tools.clients import open_clients  # noqa: PLC0415
 
     settings = settings or Settings()
     configure_logging(settings.log, service="ops")
@@ -127,8 +129,8 @@ def run_ops(work: Callable[[Backends], Awaitable[T]], *, settings: Settings | No
     logging.getLogger("elastic_transport").setLevel(logging.ERROR)
 
     async def main() -> T:
-        async with open_backends(settings) as backends:
-            return await work(backends)
+        async with open_clients(settings) as clients:
+            return await work(clients)
 
     try:
         return asyncio.run(main())
@@ -168,8 +170,8 @@ def status(json_output: JsonOption = False) -> None:
 
     from operator_tools.status import status as run_status  # noqa: PLC0415
 
-    async def work(backends: Backends) -> StatusReport:
-        return await run_status(backends)
+    async def work(clients: OperatorClients) -> StatusReport:
+        return await run_status(clients)
 
     report = run_ops(work)
     if json_output:
@@ -258,11 +260,11 @@ def replay(  # noqa: PLR0917 - one parameter per CLI option, as typer wants
     except ReplayRequestError as e:
         raise typer.BadParameter(str(e)) from e
 
-    async def work(backends: Backends) -> dict[str, Any]:
-        await backends.ping(es=False, kafka=not dry_run)
+    async def work(clients: OperatorClients) -> dict[str, Any]:
+        await clients.ping(es=False, kafka=not dry_run)
         with progress_bar() as bar:
             result = await run_replay(
-                backends, selection, dry_run=dry_run, rate=rate, progress=bar, actor=_actor()
+                clients, selection, dry_run=dry_run, rate=rate, progress=bar, actor=_actor()
             )
         return result.as_dict()
 
@@ -293,11 +295,11 @@ def reconcile(
     """Compare MongoDB and Elasticsearch by id and version; exit 0 only without drift."""
     from operator_tools.reconcile import reconcile as run_reconcile  # noqa: PLC0415
 
-    async def work(backends: Backends) -> dict[str, Any]:
-        await backends.ping(kafka=repair)
+    async def work(clients: OperatorClients) -> dict[str, Any]:
+        await clients.ping(kafka=repair)
         with progress_bar() as bar:
             report = await run_reconcile(
-                backends,
+                clients,
                 collection=collection,
                 repair=repair,
                 verify_timeout_s=wait,
@@ -359,11 +361,11 @@ def reindex(
     """Rebuild a collection's index from MongoDB and swap the alias without downtime."""
     from operator_tools.reindex import reindex as run_reindex  # noqa: PLC0415
 
-    async def work(backends: Backends) -> dict[str, Any]:
-        await backends.ping(kafka=False)
+    async def work(clients: OperatorClients) -> dict[str, Any]:
+        await clients.ping(kafka=False)
         with progress_bar() as bar:
             result = await run_reindex(
-                backends, collection, keep_old=keep_old, progress=bar, actor=_actor()
+                clients, collection, keep_old=keep_old, progress=bar, actor=_actor()
             )
         return result.as_dict()
 
@@ -390,11 +392,11 @@ def dlq_list(
     json_output: JsonOption = False,
 ) -> None:
     """Show dead-lettered events with their error; exit 1 if any is pending."""
-    from operator_tools import dlq as dlq_ops  # noqa: PLC0415
+    from operator_tools import dlq_ops  # noqa: PLC0415
 
-    async def work(backends: Backends) -> list[dict[str, Any]]:
-        await backends.ping(es=False)
-        return [e.as_dict() for e in await dlq_ops.list_entries(backends)]
+    async def work(clients: OperatorClients) -> list[dict[str, Any]]:
+        await clients.ping(es=False)
+        return [e.as_dict() for e in await dlq_ops.list_entries(clients)]
 
     entries = run_ops(work)
     if pending_only:
@@ -431,15 +433,15 @@ def dlq_redrive(
     json_output: JsonOption = False,
 ) -> None:
     """Send dead-lettered events back into the pipeline (after fixing the cause)."""
-    from operator_tools import dlq as dlq_ops  # noqa: PLC0415
+    from operator_tools import dlq_ops  # noqa: PLC0415
 
     if not ids and not everything:
         raise typer.BadParameter("say which entries to re-drive: --id ID (repeatable) or --all")
 
-    async def work(backends: Backends) -> dict[str, Any]:
-        await backends.ping(es=False)
+    async def work(clients: OperatorClients) -> dict[str, Any]:
+        await clients.ping(es=False)
         result = await dlq_ops.redrive(
-            backends, ids=ids or [], everything=everything, actor=_actor()
+            clients, ids=ids or [], everything=everything, actor=_actor()
         )
         return result.as_dict()
 

@@ -18,7 +18,7 @@ import structlog
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
-from outbox_relay.state import RelayState
+from outbox_relay.progress import RelayState
 
 log = structlog.get_logger(__name__)
 

@@ -36,7 +36,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from infra.errors import PipelineError
-from outbox_relay.state import RelayState
+from outbox_relay.progress import RelayState
 
 log = structlog.get_logger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from infra.dlq import DeadLetter
+from infra.dead_letter import DeadLetter
 from infra.errors import FatalError, RetriableError
 from infra.kafka import (
     compacted,

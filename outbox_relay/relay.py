@@ -35,6 +35,7 @@ from outbox_relay.change_stream import (
 from outbox_relay.checkpoint import Checkpoint, CheckpointMode
 from outbox_relay.encoding import MessageEncoder, record_time
 from outbox_relay.kafka_reader import published_ids, read_checkpoint
+from outbox_relay.progress import RelayState
 from outbox_relay.publisher import (
     KafkaEventPublisher,
     LeaseCheckFailedError,
@@ -49,7 +50,6 @@ from outbox_relay.recovery import (
     scan_since,
     skip_scanned,
 )
-from outbox_relay.state import RelayState
 
 log = structlog.get_logger(__name__)
 

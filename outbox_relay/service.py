@@ -23,8 +23,8 @@ from infra.tracing import configure_tracing
 from outbox_relay.backlog import watch_backlog
 from outbox_relay.change_stream import oplog_seconds_left
 from outbox_relay.lease import LEASE_COLLECTION, LeaseLostError, MongoLease
+from outbox_relay.progress import RelayState
 from outbox_relay.relay import OutboxRelay
-from outbox_relay.state import RelayState
 
 log = structlog.get_logger(__name__)
 

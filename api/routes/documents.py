@@ -15,12 +15,12 @@ from api.deps import (
     TraceparentDep,
     WriterDep,
 )
-from api.documents import WriteResult
+from api.document_store import WriteResult
 from api.problems import ProblemError
 from api.request_body import JSON_MEDIA_TYPES, read_json_object
 from api.schemas import PROBLEM_RESPONSES, DocumentPublic, DocumentWritten
 from api.validation import MERGE_PATCH_MEDIA_TYPE, split_body_id
-from api.versioning import Create, Delete, IfMatch, Patch, Replace, etag
+from api.write_rules import Create, Delete, IfMatch, Patch, Replace, etag
 from infra.settings import Settings
 
 router = APIRouter(prefix="/v1/collections/{collection}/documents", tags=["documents"])

@@ -19,8 +19,8 @@ from pydantic import BaseModel, Field
 from api.deps import AdminDep, EsDep, MongoClientDep, SettingsDep
 from api.problems import ProblemError
 from infra.errors import PipelineError, RetriableError, ServerUnreachableError
-from operator_tools import dlq as dlq_ops
-from operator_tools.backends import Backends
+from operator_tools import dlq_ops
+from operator_tools.clients import OperatorClients
 from operator_tools.reconcile import reconcile
 from operator_tools.replay import ReplayFilter, ReplayRequestError, replay
 from operator_tools.status import status
@@ -53,8 +53,8 @@ class RedriveRequest(BaseModel):
     all: bool = False
 
 
-def _backends(settings: SettingsDep, mongo: MongoClientDep, es: EsDep) -> Backends:
-    return Backends(settings=settings, mongo=mongo, es=es)
+def _operator_clients(settings: SettingsDep, mongo: MongoClientDep, es: EsDep) -> OperatorClients:
+    return OperatorClients(settings=settings, mongo=mongo, es=es)
 
 
 def _problem(e: Exception) -> ProblemError:
@@ -71,7 +71,7 @@ async def get_status(
 ) -> dict[str, Any]:
     """What `outbox status --json` prints (admin only)."""
     try:
-        report = await status(_backends(settings, mongo, es))
+        report = await status(_operator_clients(settings, mongo, es))
     except PipelineError as e:
         raise _problem(e) from e
     return report.as_dict()
@@ -95,7 +95,7 @@ async def post_replay(
     )
     try:
         result = await replay(
-            _backends(settings, mongo, es),
+            _operator_clients(settings, mongo, es),
             selection,
             dry_run=body.dry_run,
             rate=body.rate,
@@ -117,7 +117,7 @@ async def post_reconcile(
     """Compare MongoDB with Elasticsearch, optionally repair (admin only)."""
     try:
         report = await reconcile(
-            _backends(settings, mongo, es),
+            _operator_clients(settings, mongo, es),
             collection=body.collection,
             repair=body.repair,
             verify_timeout_s=body.wait_seconds,
@@ -134,7 +134,7 @@ async def get_dlq(
 ) -> list[dict[str, Any]]:
     """Dead-lettered events with their error and redrive time (admin only)."""
     try:
-        entries = await dlq_ops.list_entries(_backends(settings, mongo, es))
+        entries = await dlq_ops.list_entries(_operator_clients(settings, mongo, es))
     except PipelineError as e:
         raise _problem(e) from e
     return [e.as_dict() for e in entries]
@@ -151,7 +151,7 @@ async def post_redrive(
     """Send dead-lettered events back into the pipeline (admin only)."""
     try:
         result = await dlq_ops.redrive(
-            _backends(settings, mongo, es),
+            _operator_clients(settings, mongo, es),
             ids=body.ids,
             everything=body.all,
             actor=f"api:{principal.username}",

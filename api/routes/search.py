@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from api.deps import CollectionDep, EsDep, SettingsDep
 from api.problems import ProblemError, service_unavailable
 from api.schemas import PROBLEM_RESPONSES
+from api.search_adapter import ElasticsearchSearcher, SearchUnavailableError
 from api.search_query import DEFAULT_SIZE, MAX_SIZE, SearchParamError, SearchParams
-from api.search_service import ElasticsearchSearcher, SearchUnavailableError
 
 router = APIRouter(tags=["search"])
 

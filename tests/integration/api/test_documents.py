@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from api.documents import MongoDocumentStore, WriteContext
-from api.versioning import Create, IfMatch, Patch, PreconditionFailedError, Replace
+from api.document_store import MongoDocumentStore, WriteContext
+from api.write_rules import Create, IfMatch, Patch, PreconditionFailedError, Replace
 from infra.envelope import EventType, OutboxRecord
 from tests.fixtures.api import ApiHandle
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from elasticsearch import AsyncElasticsearch
 
+from api.search_adapter import ElasticsearchSearcher
 from api.search_query import SearchParamError, SearchParams
-from api.search_service import ElasticsearchSearcher
 from infra.envelope import EventType
 from infra.settings import Settings
 from tests.fixtures.api import ApiHandle

@@ -9,7 +9,7 @@ import random
 from elasticsearch import ApiError, TransportError
 
 from indexer.projection import LIVE_FILTER
-from operator_tools.dlq import list_entries
+from operator_tools.dlq_ops import list_entries
 from operator_tools.reindex import reindex
 from operator_tools.status import status
 from tests.fixtures.api import ApiHandle
@@ -62,7 +62,7 @@ async def test_reindex_under_concurrent_writes_keeps_search_answering_and_ends_e
         # Events the indexer applies to the old index after the copy read their documents:
         # exactly what the catch-up must carry over to the new index.
         assert pipeline.indexer is not None
-        state = pipeline.indexer.state
+        state = pipeline.indexer.progress
         applied = state.events_applied
         await wait_until(
             lambda: state.events_applied >= applied + 20,
@@ -72,7 +72,7 @@ async def test_reindex_under_concurrent_writes_keeps_search_answering_and_ends_e
 
     tasks = [asyncio.create_task(writer()), asyncio.create_task(searcher())]
     try:
-        result = await reindex(pipeline.backends, "books", before_swap=during_build)
+        result = await reindex(pipeline.clients, "books", before_swap=during_build)
         # Keep writing a little after the swap: those land in the new index directly.
         await wait_until(lambda: writes > 40, timeout_s=20, what="writes after the swap")
     finally:
@@ -123,7 +123,7 @@ async def test_a_redriven_dlq_event_gets_indexed_once_the_cause_is_fixed(
         await pipeline.start_stages()
 
         async def dead_lettered() -> bool:
-            return len(await list_entries(pipeline.backends)) == 1
+            return len(await list_entries(pipeline.clients)) == 1
 
         await wait_until(dead_lettered, timeout_s=30, what="the poison event in the DLQ")
         listed = await pipeline.cli("dlq", "list", "--json")
@@ -132,7 +132,7 @@ async def test_a_redriven_dlq_event_gets_indexed_once_the_cause_is_fixed(
         assert entry["document_id"] == "odd"
         assert "strict" in entry["error"]
         assert entry["redriven_at"] is None
-        report = await status(pipeline.backends)
+        report = await status(pipeline.clients)
         assert report.dlq_pending == 1
         assert any("DLQ" in p for p in report.problems)
 
@@ -147,6 +147,6 @@ async def test_a_redriven_dlq_event_gets_indexed_once_the_cause_is_fixed(
 
         await pipeline.settled("books")
         assert (await pipeline.es_state("books"))["odd"] == (1, False)
-        (after,) = await list_entries(pipeline.backends)
+        (after,) = await list_entries(pipeline.clients)
         assert after.redriven_at is not None
-        assert (await status(pipeline.backends)).dlq_pending == 0
+        assert (await status(pipeline.clients)).dlq_pending == 0

@@ -25,7 +25,7 @@ async def _history(pipeline: Pipeline, n: int = 12) -> None:
 
 async def _indexer_idle(pipeline: Pipeline) -> None:
     async def idle() -> bool:
-        r = await status(pipeline.backends)
+        r = await status(pipeline.clients)
         return r.backlog == 0 and r.consumer_lag_total == 0
 
     await wait_until(idle, timeout_s=30, interval_s=0.3, what="pipeline idle")
@@ -74,11 +74,11 @@ async def test_an_interrupted_replay_can_be_run_again(pipeline: Pipeline) -> Non
     await pipeline.settled("books")
     before = await pipeline.es_state("books")
     selection = ReplayFilter(collection="books")
-    task = asyncio.create_task(replay(pipeline.backends, selection, rate=20))
+    task = asyncio.create_task(replay(pipeline.clients, selection, rate=20))
     await asyncio.sleep(0.3)  # let it send a batch or two; any point of interruption will do
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    again = await replay(pipeline.backends, selection)
+    again = await replay(pipeline.clients, selection)
     assert again.published == again.matched > 0
     await _indexer_idle(pipeline)
     assert await pipeline.es_state("books") == before
@@ -91,7 +91,7 @@ async def test_reconcile_finds_documents_removed_behind_the_pipeline_and_repair_
     await _history(pipeline)
     await pipeline.start_stages()
     await pipeline.settled("books")
-    assert (await reconcile(pipeline.backends)).in_sync
+    assert (await reconcile(pipeline.clients)).in_sync
 
     alias = pipeline.settings.es.alias_for("books")
     for doc_id in ("b00", "b04", "b07"):
@@ -121,7 +121,7 @@ async def test_reconcile_finds_documents_removed_behind_the_pipeline_and_repair_
     assert repaired.json()["verified"] is True
     assert repaired.json()["collections"][0]["repair_events"] == 4
 
-    again = await reconcile(pipeline.backends)
+    again = await reconcile(pipeline.clients)
     assert again.drifted == 0
     state = await pipeline.es_state("books")
     mongo = await pipeline.mongo_state("books")

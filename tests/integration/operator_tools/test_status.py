@@ -14,7 +14,7 @@ async def test_status_shows_a_backlog_while_the_relay_is_stopped_and_none_after_
     for i in range(5):
         await pipeline.put("books", f"b{i}", {"title": f"t{i}"})
 
-    report = await status(pipeline.backends)
+    report = await status(pipeline.clients)
     assert report.backlog == 5
     assert any("no active relay" in p for p in report.problems)
 
@@ -26,7 +26,7 @@ async def test_status_shows_a_backlog_while_the_relay_is_stopped_and_none_after_
     await pipeline.start_stages()
 
     async def caught_up() -> bool:
-        r = await status(pipeline.backends)
+        r = await status(pipeline.clients)
         return r.backlog == 0 and r.consumer_lag_total == 0 and not r.problems
 
     await wait_until(caught_up, timeout_s=30, interval_s=0.3, what="relay and indexer caught up")
@@ -46,7 +46,7 @@ async def test_status_shows_a_backlog_while_the_relay_is_stopped_and_none_after_
     await pipeline.stop_relay()
     await pipeline.put("books", "b0", {"title": "changed"})
     await pipeline.put("books", "b9", {"title": "new"})
-    report = await status(pipeline.backends)
+    report = await status(pipeline.clients)
     assert report.backlog == 2
     assert report.lag_seconds >= 0
     assert any("no active relay" in p for p in report.problems)

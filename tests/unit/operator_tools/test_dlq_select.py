@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from infra.dlq import DeadLetter
+from infra.dead_letter import DeadLetter
 from infra.envelope import EventType, OutboxRecord
 from infra.settings import KafkaSettings
-from operator_tools.dlq import DlqEntry, select
+from operator_tools.dlq_ops import DlqEntry, select
 
 
 def entry(n: int, *, redriven: bool = False) -> DlqEntry:

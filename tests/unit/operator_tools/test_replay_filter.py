@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from infra.envelope import EventType, OutboxRecord
 from infra.settings import KafkaSettings
+from operator_tools.reemitter import OutgoingEvent, mark_replayed
 from operator_tools.replay import ReplayFilter, ReplayRequestError
-from operator_tools.republish import OutgoingEvent, mark_replayed
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

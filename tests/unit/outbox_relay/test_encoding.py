@@ -9,7 +9,7 @@ from bson.timestamp import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from infra.dlq import DeadLetter
+from infra.dead_letter import DeadLetter
 from infra.envelope import EventType, OutboxRecord
 from infra.settings import KafkaSettings, RelaySettings, Settings
 from outbox_relay.change_stream import is_history_lost, outbox_pipeline

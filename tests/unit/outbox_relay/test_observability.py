@@ -19,10 +19,10 @@ from infra.settings import KafkaSettings
 from outbox_relay.backlog import EPOCH, backlog_query
 from outbox_relay.checkpoint import Checkpoint, CheckpointMode
 from outbox_relay.encoding import MessageEncoder
+from outbox_relay.progress import RelayState
 from outbox_relay.publisher import LeaseCheckFailedError, TransactionAbortedError
 from outbox_relay.recovery import SkipWindow, skip_scanned
 from outbox_relay.relay import failed_dependency
-from outbox_relay.state import RelayState
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, 123000, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ from typing import Any, cast
 import structlog
 from confluent_kafka import KafkaError, Producer
 
-from infra.dlq import DeadLetter
+from infra.dead_letter import DeadLetter
 from infra.errors import FatalError, PipelineError
 from infra.kafka import producer_config
 from infra.settings import KafkaSettings

@@ -40,7 +40,7 @@ def operator_settings(settings: Settings) -> Settings:
 
 
 @dataclass
-class Backends:
+class OperatorClients:
     """The clients one command uses; `settings` already carries the operator timeouts."""
 
     settings: Settings
@@ -91,15 +91,15 @@ class Backends:
 
 
 @asynccontextmanager
-async def open_backends(
+async def open_clients(
     settings: Settings, *, app_name: str = "outbox-ops"
-) -> AsyncIterator[Backends]:
+) -> AsyncIterator[OperatorClients]:
     """Clients with operator timeouts, closed on exit. Connects lazily; call `ping`."""
     ops = operator_settings(settings)
     mongo = mongo_client(ops.mongo, app_name=app_name)
     es = elastic_client(ops.es)
     try:
-        yield Backends(settings=ops, mongo=mongo, es=es)
+        yield OperatorClients(settings=ops, mongo=mongo, es=es)
     finally:
         await es.close()
         await mongo.close()

@@ -56,7 +56,7 @@ def mark_replayed(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes
     return [*[(k, v) for k, v in headers if k != CE_REPLAYED], (CE_REPLAYED, b"true")]
 
 
-class KafkaRepublisher:
+class KafkaReemitter:
     """Produces re-emitted events; `flush()` at the end of a command waits for every ack."""
 
     def __init__(self, settings: KafkaSettings) -> None:

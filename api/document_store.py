@@ -19,7 +19,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from api.versioning import Command, IfMatch, StoredState, WritePlan, plan_write
+from api.write_rules import Command, IfMatch, StoredState, WritePlan, plan_write
 from infra.envelope import OutboxRecord, new_event_id, utc_now
 from infra.mongo import MongoClient
 from infra.settings import MongoSettings

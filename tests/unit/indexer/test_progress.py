@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY
 
-from indexer.state import DLQ, INDEXED, STALE, IndexerState
+from indexer.progress import DLQ, INDEXED, STALE, IndexerState
 from infra.health import ProgressMonitor
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from infra.dlq import DeadLetter
+from infra.dead_letter import DeadLetter
 from infra.envelope import (
     CE_AGGREGATEVERSION,
     CE_ID,
@@ -35,8 +35,8 @@ from infra.envelope import (
 from infra.errors import FatalError, RetriableError
 from infra.kafka import admin_client, consumer_config, map_kafka_error
 from infra.settings import KafkaSettings
-from operator_tools.backends import Backends
-from operator_tools.republish import KafkaRepublisher, OutgoingEvent, mark_replayed
+from operator_tools.clients import OperatorClients
+from operator_tools.reemitter import KafkaReemitter, OutgoingEvent, mark_replayed
 
 log = structlog.get_logger(__name__)
 
@@ -165,12 +165,12 @@ def _header_list(
     return list(headers.items()) if isinstance(headers, dict) else list(headers)
 
 
-async def list_entries(backends: Backends) -> list[DlqEntry]:
+async def list_entries(clients: OperatorClients) -> list[DlqEntry]:
     """Every dead letter, oldest first per partition, with its redrive time if any."""
-    entries = await asyncio.to_thread(read_letters_blocking, backends.settings.kafka)
+    entries = await asyncio.to_thread(read_letters_blocking, clients.settings.kafka)
     if not entries:
         return []
-    redrives = backends.db[REDRIVES_COLLECTION]
+    redrives = clients.db[REDRIVES_COLLECTION]
     done: dict[str, datetime] = {}
     async for raw in redrives.find({"_id": {"$in": [e.id for e in entries]}}):
         done[str(raw["_id"])] = raw["redriven_at"]
@@ -209,17 +209,17 @@ def select(
 
 
 async def redrive(
-    backends: Backends,
+    clients: OperatorClients,
     *,
     ids: Sequence[str] = (),
     everything: bool = False,
     actor: str = "cli",
 ) -> RedriveResult:
     """Produce the selected dead letters to their event topics again, then record it."""
-    entries = await list_entries(backends)
+    entries = await list_entries(clients)
     chosen, not_found = select(entries, ids, everything=everything)
     result = RedriveResult(redriven=[], skipped={}, not_found=not_found)
-    kafka = backends.settings.kafka
+    kafka = clients.settings.kafka
     events: list[OutgoingEvent] = []
     sent: list[DlqEntry] = []
     for entry in chosen:
@@ -242,11 +242,11 @@ async def redrive(
         )
         sent.append(entry)
     if events:
-        publisher = KafkaRepublisher(kafka)
+        publisher = KafkaReemitter(kafka)
         await publisher.publish(events)
         await publisher.flush()
         now = datetime.now(UTC)
-        redrives = backends.db[REDRIVES_COLLECTION]
+        redrives = clients.db[REDRIVES_COLLECTION]
         for entry in sent:
             await redrives.update_one(
                 {"_id": entry.id},

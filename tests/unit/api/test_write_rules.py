@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from api.validation import InvalidInputError
-from api.versioning import (
+from api.write_rules import (
     Command,
     Create,
     Delete,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from infra.dlq import DeadLetter
+from infra.dead_letter import DeadLetter
 from infra.envelope import headers_dict
 
 
