@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from infra.envelope import format_time, headers_dict, utc_now
+from infra.envelope import KafkaMessage, format_time, headers_dict, utc_now
 
 DLQ_ID = "dlq_id"
 DLQ_ERROR = "dlq_error"
@@ -82,3 +82,30 @@ class DeadLetter:
             source_offset=int(h.get(DLQ_SOURCE_OFFSET, "-1") or -1),
             dlq_id=h.get(DLQ_ID, ""),
         )
+
+
+def dead_letter_message(
+    message: KafkaMessage, reason: str, dlq_topic: str, *, stage: str, keep_value: bool = True
+) -> KafkaMessage:
+    """The DLQ message standing in for `message`: its key and headers, why, and where from.
+
+    `keep_value=False` drops the value, for a message refused because of its size (its
+    outbox record keeps the body for a redrive).
+    """
+    letter = DeadLetter(
+        key=message.key,
+        value=message.value if keep_value else None,
+        original_headers=message.headers,
+        error=reason,
+        stage=stage,
+        source_topic=message.topic,
+    )
+    return KafkaMessage(
+        topic=dlq_topic,
+        key=message.key,
+        value=letter.value,
+        headers=letter.kafka_headers(),
+        event_id=message.event_id,
+        collection=message.collection,
+        dead_letter=letter,
+    )

@@ -30,13 +30,14 @@ from infra.envelope import (
     CE_SUBJECT,
     CE_TYPE,
     SOURCE_PREFIX,
+    KafkaMessage,
     headers_dict,
 )
 from infra.errors import FatalError, RetriableError
 from infra.kafka import admin_client, consumer_config, map_kafka_error
 from infra.settings import KafkaSettings
 from operator_tools.clients import OperatorClients
-from operator_tools.reemitter import KafkaReemitter, OutgoingEvent, mark_replayed
+from operator_tools.reemitter import KafkaReemitter, mark_replayed
 
 log = structlog.get_logger(__name__)
 
@@ -220,7 +221,7 @@ async def redrive(
     chosen, not_found = select(entries, ids, everything=everything)
     result = RedriveResult(redriven=[], skipped={}, not_found=not_found)
     kafka = clients.settings.kafka
-    events: list[OutgoingEvent] = []
+    events: list[KafkaMessage] = []
     sent: list[DlqEntry] = []
     for entry in chosen:
         topic = entry.target_topic(kafka)
@@ -233,11 +234,12 @@ async def redrive(
             result.skipped[entry.id] = "the dead letter kept no value (too large?)"
             continue
         events.append(
-            OutgoingEvent(
+            KafkaMessage(
                 topic=topic,
                 key=entry.letter.key,
                 value=entry.letter.value,
                 headers=mark_replayed(entry.letter.original_headers),
+                event_id=entry.headers.get(CE_ID, ""),
             )
         )
         sent.append(entry)

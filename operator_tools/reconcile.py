@@ -36,7 +36,7 @@ from infra.envelope import EventType, OutboxRecord, new_event_id, utc_now
 from infra.errors import FatalError
 from operator_tools.clients import OperatorClients
 from operator_tools.progress import NoProgress, Progress
-from operator_tools.reemitter import KafkaReemitter, OutgoingEvent
+from operator_tools.reemitter import KafkaReemitter, replay_of
 
 log = structlog.get_logger(__name__)
 
@@ -389,9 +389,7 @@ async def _reconcile_collection(
     async def flush_repairs() -> None:
         assert publisher is not None
         records = await repair_records(clients, name, pending)
-        await publisher.publish(
-            [OutgoingEvent.replay_of(r, clients.settings.kafka) for r in records]
-        )
+        await publisher.publish([replay_of(r, clients.settings.kafka) for r in records])
         section.repair_events += len(records)
         # Verification keeps ids only up to a bound: memory stays flat.
         room = max(0, MAX_VERIFIED - len(to_verify))

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import cast
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from infra.envelope import CE_REPLAYED, OutboxRecord
+from infra.envelope import CE_REPLAYED, KafkaMessage, OutboxRecord
 from infra.errors import PipelineError
 from infra.kafka import ensure_topics as ensure_kafka_topics
 from infra.kafka import event_topic_config, map_kafka_error, producer_config
@@ -31,24 +30,9 @@ class DeliveryFailedError(PipelineError):
     """Kafka refused or never acknowledged some re-emitted events; re-run the command."""
 
 
-@dataclass(frozen=True, slots=True)
-class OutgoingEvent:
-    """One message to produce as is."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-
-    @classmethod
-    def replay_of(cls, record: OutboxRecord, settings: KafkaSettings) -> OutgoingEvent:
-        """`record` as the relay published it, plus the replayed marker."""
-        return cls(
-            topic=settings.event_topic(record.collection),
-            key=record.kafka_key(),
-            value=record.kafka_value(),
-            headers=record.kafka_headers(replayed=True),
-        )
+def replay_of(record: OutboxRecord, settings: KafkaSettings) -> KafkaMessage:
+    """`record` as the relay published it, plus the replayed marker."""
+    return record.to_kafka(settings.event_topic(record.collection), replayed=True)
 
 
 def mark_replayed(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
@@ -73,7 +57,7 @@ class KafkaReemitter:
         else:
             self._failures.append(f"{msg.topic()}: {err}")
 
-    def _produce_blocking(self, events: Sequence[OutgoingEvent]) -> None:
+    def _produce_blocking(self, events: Sequence[KafkaMessage]) -> None:
         for event in events:
             while True:
                 try:
@@ -100,7 +84,7 @@ class KafkaReemitter:
             await ensure_kafka_topics(self._settings, dict.fromkeys(missing, config))
             self._topics_ready |= missing
 
-    async def publish(self, events: Sequence[OutgoingEvent]) -> None:
+    async def publish(self, events: Sequence[KafkaMessage]) -> None:
         """Hand `events` to the producer (does not wait for acknowledgements)."""
         if not events:
             return

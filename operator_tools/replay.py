@@ -18,10 +18,10 @@ from typing import Any
 
 import structlog
 
-from infra.envelope import OutboxRecord
+from infra.envelope import KafkaMessage, OutboxRecord
 from operator_tools.clients import OperatorClients
 from operator_tools.progress import NoProgress, Progress
-from operator_tools.reemitter import KafkaReemitter, OutgoingEvent
+from operator_tools.reemitter import KafkaReemitter, replay_of
 from operator_tools.throttle import RateLimiter
 
 log = structlog.get_logger(__name__)
@@ -137,7 +137,7 @@ async def replay(
     counts: Counter[str] = Counter()
     limiter = RateLimiter(rate)
     publisher = None if dry_run else KafkaReemitter(settings.kafka)
-    batch: list[OutgoingEvent] = []
+    batch: list[KafkaMessage] = []
 
     async def send() -> None:
         assert publisher is not None
@@ -155,7 +155,7 @@ async def replay(
             if publisher is None:
                 progress.advance()
                 continue
-            batch.append(OutgoingEvent.replay_of(record, settings.kafka))
+            batch.append(replay_of(record, settings.kafka))
             if len(batch) >= limiter.batch_size(BATCH):
                 await send()
         if batch:

@@ -20,7 +20,8 @@ from typing import Any, TypeVar, cast
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from infra.dead_letter import DeadLetter
+from infra.dead_letter import dead_letter_message
+from infra.envelope import KafkaMessage
 from infra.errors import FatalError, RetriableError
 from infra.kafka import (
     compacted,
@@ -46,19 +47,6 @@ POLL_EVERY = 256  # messages produced between two polls for delivery reports
 def transactional_id(settings: Settings) -> str:
     """Derived from the relay name only: a standby or restart fences the previous holder."""
     return f"{settings.kafka.namespace}.relay.{settings.relay.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class OutgoingMessage:
-    """One message of a batch: an event, or a dead letter for an event Kafka refused."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-    event_id: str
-    dead_letter: DeadLetter | None = None
-    collection: str = ""  # the outbox record's collection (the metrics label)
 
 
 @dataclass
@@ -93,26 +81,10 @@ _PERMANENT_REFUSALS = {
 }
 
 
-def dead_letter_for(message: OutgoingMessage, reason: str, dlq_topic: str) -> OutgoingMessage:
+def dead_letter_for(message: KafkaMessage, reason: str, dlq_topic: str) -> KafkaMessage:
     """The DLQ form of an event Kafka refused; the value is dropped if it is what is too big."""
     too_big = "SIZE" in reason.upper() or "TOO_LARGE" in reason.upper()
-    letter = DeadLetter(
-        key=message.key,
-        value=None if too_big else message.value,
-        original_headers=message.headers,
-        error=reason,
-        stage="relay",
-        source_topic=message.topic,
-    )
-    return OutgoingMessage(
-        topic=dlq_topic,
-        key=message.key,
-        value=letter.value,
-        headers=letter.kafka_headers(),
-        event_id=message.event_id,
-        dead_letter=letter,
-        collection=message.collection,
-    )
+    return dead_letter_message(message, reason, dlq_topic, stage="relay", keep_value=not too_big)
 
 
 class KafkaEventPublisher:
@@ -174,7 +146,7 @@ class KafkaEventPublisher:
 
     async def commit(
         self,
-        messages: list[OutgoingMessage],
+        messages: list[KafkaMessage],
         checkpoint: Checkpoint,
         still_leader: Callable[[], bool],
         isolate: frozenset[str] = frozenset(),
@@ -189,7 +161,7 @@ class KafkaEventPublisher:
 
     def _commit_blocking(
         self,
-        messages: list[OutgoingMessage],
+        messages: list[KafkaMessage],
         checkpoint: Checkpoint,
         still_leader: Callable[[], bool],
         isolate: frozenset[str],
@@ -237,7 +209,7 @@ class KafkaEventPublisher:
                     by_collection[message.collection] = by_collection.get(message.collection, 0) + 1
             self._produce(
                 producer,
-                OutgoingMessage(
+                KafkaMessage(
                     topic=self._kafka.checkpoint_topic,
                     key=checkpoint.kafka_key(),
                     value=checkpoint.kafka_value(),
@@ -262,7 +234,7 @@ class KafkaEventPublisher:
     @staticmethod
     def _produce(
         producer: Producer,
-        message: OutgoingMessage,
+        message: KafkaMessage,
         on_delivery: Callable[[KafkaError | None, Message], None] | None,
     ) -> None:
         while True:

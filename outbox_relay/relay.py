@@ -16,14 +16,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from bson import json_util
 from bson.timestamp import Timestamp
 from pymongo.errors import PyMongoError
 
-from infra.envelope import CE_TRACEPARENT, headers_dict
+from infra.envelope import (
+    CE_TRACEPARENT,
+    EnvelopeEncoder,
+    KafkaMessage,
+    MalformedRecordError,
+    headers_dict,
+)
 from infra.errors import FatalError, PipelineError, RetriableError
 from infra.mongo import MongoClient, map_mongo_error
 from infra.retry import retrying
-from infra.settings import Settings
+from infra.settings import KafkaSettings, Settings
 from infra.tracing import Tracing
 from outbox_relay.change_stream import (
     StreamBatch,
@@ -33,13 +40,11 @@ from outbox_relay.change_stream import (
     read_batch,
 )
 from outbox_relay.checkpoint import Checkpoint, CheckpointMode
-from outbox_relay.encoding import MessageEncoder, record_time
 from outbox_relay.kafka_reader import published_ids, read_checkpoint
 from outbox_relay.progress import RelayState
 from outbox_relay.publisher import (
     KafkaEventPublisher,
     LeaseCheckFailedError,
-    OutgoingMessage,
     TransactionAbortedError,
     dead_letter_for,
 )
@@ -62,9 +67,12 @@ class HistoryLostError(RetriableError):
     """The change stream cannot resume from the checkpoint: recover from the outbox."""
 
 
-def outgoing_for(raw: dict[str, Any], settings: Settings) -> OutgoingMessage:
-    """The Kafka message for one stored outbox record (a dead letter if it is malformed)."""
-    return MessageEncoder(settings.kafka).encode(raw)
+def record_time(raw: dict[str, Any]) -> datetime | None:
+    """The outbox `time` of a stored record, timezone-aware; None if it has none."""
+    time = raw.get("time")
+    if not isinstance(time, datetime):
+        return None
+    return time if time.tzinfo else time.replace(tzinfo=UTC)
 
 
 def failed_dependency(error: BaseException) -> str | None:
@@ -78,6 +86,28 @@ def failed_dependency(error: BaseException) -> str | None:
     if isinstance(error, RetriableError):
         return "kafka"  # every other retriable error of the loop comes from Kafka
     return None
+
+
+def message_for(
+    raw: dict[str, Any], encoder: EnvelopeEncoder, kafka: KafkaSettings
+) -> KafkaMessage:
+    """The Kafka message of a stored record; a dead letter if the record is malformed.
+
+    A poison record must not stop the relay: it goes to the DLQ with its stored form.
+    """
+    try:
+        return encoder.encode(raw)
+    except MalformedRecordError as error:
+        collection = raw.get("collection")
+        bad = KafkaMessage(
+            topic=kafka.event_topic(collection) if isinstance(collection, str) else "",
+            key=str(raw.get("document_id", "")).encode() or None,
+            value=json_util.dumps(raw).encode(),
+            headers=[],
+            event_id=str(raw.get("_id", "")),
+            collection=collection if isinstance(collection, str) else "",
+        )
+        return dead_letter_for(bad, f"malformed outbox record: {error}", kafka.dlq_topic)
 
 
 class OutboxRelay:
@@ -98,7 +128,7 @@ class OutboxRelay:
         self._state = state
         self._still_leader = still_leader
         self._publisher = KafkaEventPublisher(settings)
-        self._encoder = MessageEncoder(settings.kafka)
+        self._encoder = EnvelopeEncoder(settings.kafka.event_topic)
         self._margin = timedelta(seconds=settings.relay.recovery_margin_seconds)
         self._committed = Checkpoint.initial(settings.relay.name)  # last committed
         self._tip = self._committed  # last handed to the producer
@@ -219,14 +249,14 @@ class OutboxRelay:
         async for raws in scan_outbox(
             self._outbox, since, relay.collections, relay.batch_max_events
         ):
-            messages: list[OutgoingMessage] = []
+            messages: list[KafkaMessage] = []
             last_time: datetime | None = None
             for raw in raws:
                 event_id = str(raw.get("_id"))
                 if event_id in seen or event_id in scanned:
                     continue
                 scanned.add(event_id)
-                message = self._with_refusal(self._encoder.encode(raw))
+                message = self._with_refusal(self._encode(raw))
                 messages.append(message)
                 last_time = record_time(raw)
                 if last_time is not None and duplicate_possible(last_time, cp.recover_from):
@@ -329,10 +359,10 @@ class OutboxRelay:
 
     def _prepare(
         self, batch: StreamBatch, skip: SkipWindow | None
-    ) -> tuple[list[OutgoingMessage], Checkpoint, SkipWindow | None]:
+    ) -> tuple[list[KafkaMessage], Checkpoint, SkipWindow | None]:
         """The messages of a stream batch, the checkpoint after them, the next skip window."""
         changes, next_skip = skip_scanned(batch.changes, batch.cluster_time, skip)
-        encode = self._encoder.encode
+        encode = self._encode
         messages = [encode(change["fullDocument"]) for change in changes]
         if self._refused:
             messages = [self._with_refusal(m) for m in messages]
@@ -353,15 +383,18 @@ class OutboxRelay:
             )
         return messages, checkpoint, next_skip
 
+    def _encode(self, raw: dict[str, Any]) -> KafkaMessage:
+        return message_for(raw, self._encoder, self._settings.kafka)
+
     # --- committing ------------------------------------------------------------------
 
-    def _with_refusal(self, message: OutgoingMessage) -> OutgoingMessage:
+    def _with_refusal(self, message: KafkaMessage) -> KafkaMessage:
         reason = self._refused.get(message.event_id)
         if reason is None or message.dead_letter is not None:
             return message
         return dead_letter_for(message, reason, self._settings.kafka.dlq_topic)
 
-    def _trace_published(self, messages: list[OutgoingMessage], started_ns: int) -> None:
+    def _trace_published(self, messages: list[KafkaMessage], started_ns: int) -> None:
         """One span per event under the write's trace, spanning its Kafka transaction."""
         ended_ns = time.time_ns()
         for message in messages:
@@ -377,7 +410,7 @@ class OutboxRelay:
 
     async def _commit(
         self,
-        messages: list[OutgoingMessage],
+        messages: list[KafkaMessage],
         checkpoint: Checkpoint,
         *,
         heartbeat: bool = False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,12 +12,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from infra.envelope import (
+    CE_AUTHID,
+    CE_AUTHTYPE,
     CE_ID,
     CE_REPLAYED,
     CE_TRACEPARENT,
     DEBEZIUM_ID,
+    EnvelopeEncoder,
     EnvelopeError,
     EventType,
+    MalformedRecordError,
     OutboxRecord,
     headers_dict,
 )
@@ -151,3 +156,52 @@ def test_traceparent_is_optional_on_the_wire() -> None:
     assert decoded.traceparent is None
     assert CE_TRACEPARENT not in headers_dict(headers)
     assert headers_dict(headers)[DEBEZIUM_ID] == headers_dict(headers)[CE_ID]
+
+
+# --- one codec: the relay's encoder and the indexer's decoder ----------------------------------
+
+
+@given(records(), st.none() | st.text(min_size=1, max_size=20))
+def test_the_relays_encoding_of_a_stored_record_decodes_to_that_record(
+    record: OutboxRecord, auth_id: str | None
+) -> None:
+    """Relay → indexer: what `EnvelopeEncoder` publishes from the outbox collection is what
+    `OutboxRecord.from_kafka` reads back, field for field, and equals the record's own form."""
+    record = dataclasses.replace(record, auth_id=auth_id)
+    message = EnvelopeEncoder(lambda c: f"ns.event.{c}").encode(record.to_mongo())
+    assert message.topic == f"ns.event.{record.collection}"
+    assert message == record.to_kafka(f"ns.event.{record.collection}")
+    assert (
+        OutboxRecord.from_kafka(key=message.key, value=message.value, headers=list(message.headers))
+        == record
+    )
+
+
+def test_the_authenticated_subject_travels_as_the_cloudevents_authcontext() -> None:
+    record = OutboxRecord(
+        "e1",
+        "books",
+        "b1",
+        1,
+        EventType.CREATED,
+        {},
+        datetime(2026, 1, 1, tzinfo=UTC),
+        auth_id="u7",
+    )
+    headers = headers_dict(list(record.kafka_headers()))
+    assert headers[CE_AUTHID] == "u7"
+    assert headers[CE_AUTHTYPE] == "app_user"
+    anonymous = dataclasses.replace(record, auth_id=None)
+    assert CE_AUTHID not in headers_dict(list(anonymous.kafka_headers()))
+
+
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [("document_id", 7), ("collection", None), ("time", "x"), ("type", "exploded")],
+)
+def test_the_encoder_refuses_a_stored_record_off_the_contract(field: str, bad: object) -> None:
+    raw = OutboxRecord(
+        "e1", "books", "b1", 1, EventType.CREATED, {}, datetime(2026, 1, 1, tzinfo=UTC)
+    ).to_mongo()
+    with pytest.raises(MalformedRecordError):
+        EnvelopeEncoder(lambda c: c).encode({**raw, field: bad})

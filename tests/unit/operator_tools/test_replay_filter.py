@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from infra.envelope import EventType, OutboxRecord
 from infra.settings import KafkaSettings
-from operator_tools.reemitter import OutgoingEvent, mark_replayed
+from operator_tools.reemitter import mark_replayed, replay_of
 from operator_tools.replay import ReplayFilter, ReplayRequestError
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -93,7 +93,7 @@ def test_matches_agrees_with_the_window_semantics(
 def test_a_replayed_event_keeps_its_id_and_is_marked() -> None:
     """Re-published events carry the original ce_id and Debezium id plus ce_replayed."""
     r = record()
-    event = OutgoingEvent.replay_of(r, KafkaSettings(namespace="ns"))
+    event = replay_of(r, KafkaSettings(namespace="ns"))
     headers = dict(event.headers)
     assert event.topic == "ns.event.books"
     assert event.key == b"a"

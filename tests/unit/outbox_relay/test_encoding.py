@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from infra.dead_letter import DeadLetter
-from infra.envelope import EventType, OutboxRecord
+from infra.envelope import EnvelopeEncoder, EventType, KafkaMessage, OutboxRecord
 from infra.settings import KafkaSettings, RelaySettings, Settings
 from outbox_relay.change_stream import is_history_lost, outbox_pipeline
 from outbox_relay.checkpoint import (
@@ -20,14 +20,14 @@ from outbox_relay.checkpoint import (
     decode_checkpoint,
     encode_checkpoint,
 )
-from outbox_relay.publisher import OutgoingMessage, dead_letter_for, transactional_id
+from outbox_relay.publisher import dead_letter_for, transactional_id
 from outbox_relay.recovery import (
     SkipWindow,
     duplicate_possible,
     scan_filter,
     scan_since,
 )
-from outbox_relay.relay import outgoing_for
+from outbox_relay.relay import message_for
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, 123000, tzinfo=UTC)
 
@@ -142,7 +142,9 @@ def test_a_stored_record_becomes_exactly_the_contract_message(kind: EventType) -
     """Topic per collection, key = document id, the envelope's value and headers, untouched."""
     settings = Settings(kafka=KafkaSettings(namespace="ns"))
     rec = record(kind)
-    message = outgoing_for(rec.to_mongo(), settings)
+    message = message_for(
+        rec.to_mongo(), EnvelopeEncoder(settings.kafka.event_topic), settings.kafka
+    )
     assert message.topic == "ns.event.books"
     assert message.key == b"b1"
     assert message.value == rec.kafka_value()
@@ -157,7 +159,7 @@ def test_a_malformed_outbox_record_becomes_a_dead_letter_not_a_crash() -> None:
     settings = Settings(kafka=KafkaSettings(namespace="ns"))
     raw = record().to_mongo()
     raw["type"] = "exploded"
-    message = outgoing_for(raw, settings)
+    message = message_for(raw, EnvelopeEncoder(settings.kafka.event_topic), settings.kafka)
     assert message.topic == "ns.dlq"
     assert message.dead_letter is not None
     assert message.dead_letter.source_topic == "ns.event.books"
@@ -166,7 +168,7 @@ def test_a_malformed_outbox_record_becomes_a_dead_letter_not_a_crash() -> None:
 
 def test_a_dead_letter_for_an_oversized_event_keeps_its_headers_but_not_its_value() -> None:
     rec = record()
-    event = OutgoingMessage(
+    event = KafkaMessage(
         topic="ns.event.books",
         key=rec.kafka_key(),
         value=b"x" * 10,
