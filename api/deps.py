@@ -19,11 +19,8 @@ from api.document_store import MongoDocumentStore
 from api.problems import ProblemError, unauthorized
 from api.validation import check_collection_name, check_document_id
 from infra.mongo import MongoClient
+from infra.naming import reserved_collections
 from infra.settings import Settings
-
-# Collections other services keep in the same database (auth_grpc.store, outbox_relay.lease):
-# REST clients must neither read nor write them.
-INTERNAL_COLLECTIONS = frozenset({"relay_leases", "revoked_tokens"})
 
 _bearer = HTTPBearer(auto_error=False, description="A token from POST /v1/auth/token")
 
@@ -114,11 +111,7 @@ async def valid_collection(
     settings: SettingsDep,
 ) -> str:
     """The path's collection name, checked; the outbox and users collections are reserved."""
-    reserved = INTERNAL_COLLECTIONS | {
-        settings.mongo.outbox_collection,
-        settings.mongo.users_collection,
-    }
-    return check_collection_name(collection, reserved=reserved)
+    return check_collection_name(collection, reserved=reserved_collections(settings.mongo))
 
 
 async def valid_document_id(

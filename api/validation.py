@@ -11,7 +11,8 @@ from typing import Any
 
 import orjson
 
-COLLECTION_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+from infra.naming import COLLECTION_RE
+
 DOCUMENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}$")
 # BSON stores integers as signed 64 bits; a larger JSON integer cannot be stored faithfully.
 INT64_MIN = -(2**63)

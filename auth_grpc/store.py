@@ -22,9 +22,8 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from auth_grpc.accounts import ROLE_ORDER, Role, User, UserExistsError
 from infra.mongo import MongoClient, map_mongo_error
+from infra.naming import REVOKED_TOKENS_COLLECTION
 from infra.settings import MongoSettings
-
-REVOKED_TOKENS_COLLECTION = "revoked_tokens"
 
 
 class MongoUserStore:

@@ -37,15 +37,14 @@ still arrive (Kafka retention of every topic that could replay it, the outbox TT
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from infra.envelope import EventType, OutboxRecord, format_time
+from infra.naming import is_collection_name
 
-COLLECTION_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 # Elasticsearch refuses ids longer than 512 bytes; the API allows far shorter ones.
 MAX_ID_BYTES = 512
 
@@ -119,7 +118,7 @@ def source_for(record: OutboxRecord, *, indexed_at: datetime | None = None) -> d
 
 def check_indexable(record: OutboxRecord, *, topic_collection: str | None = None) -> None:
     """Raise `ProjectionError` for an event no retry could ever index."""
-    if not COLLECTION_RE.fullmatch(record.collection):
+    if not is_collection_name(record.collection):
         raise ProjectionError(f"collection name {record.collection!r} is not indexable")
     if topic_collection is not None and topic_collection != record.collection:
         raise ProjectionError(

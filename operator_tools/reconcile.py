@@ -34,6 +34,7 @@ from indexer.projection import DELETED_FIELD, ID_FIELD, VERSION_FIELD
 from infra.elastic import map_elastic_error
 from infra.envelope import EventType, OutboxRecord, new_event_id, utc_now
 from infra.errors import FatalError
+from infra.naming import is_document_collection
 from operator_tools.clients import OperatorClients
 from operator_tools.progress import NoProgress, Progress
 from operator_tools.reemitter import KafkaReemitter, replay_of
@@ -44,8 +45,6 @@ PAGE = 1000
 REPAIR_BATCH = 200
 MAX_EXAMPLES = 10
 MAX_VERIFIED = 10_000
-# Kept by the relay (lease) and the auth service (revocations), not by the REST API.
-SERVICE_COLLECTIONS = frozenset({"relay_leases", "revoked_tokens"})
 
 
 class DriftKind(StrEnum):
@@ -204,15 +203,8 @@ async def collections_to_check(clients: OperatorClients, only: str | None) -> li
     """`only`, or every document collection in the database (outbox and service ones skipped)."""
     if only:
         return [only]
-    from indexer.projection import COLLECTION_RE  # noqa: PLC0415 - keeps the import list short
-
-    skip = {
-        clients.settings.mongo.outbox_collection,
-        clients.settings.mongo.users_collection,
-        *SERVICE_COLLECTIONS,
-    }
     names = await clients.db.list_collection_names()
-    return sorted(n for n in names if n not in skip and COLLECTION_RE.fullmatch(n))
+    return sorted(n for n in names if is_document_collection(n, clients.settings.mongo))
 
 
 # --- repair ------------------------------------------------------------------------------

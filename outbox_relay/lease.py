@@ -36,11 +36,12 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from infra.errors import PipelineError
+from infra.naming import LEASES_COLLECTION
 from outbox_relay.progress import RelayState
 
 log = structlog.get_logger(__name__)
 
-LEASE_COLLECTION = "relay_leases"
+LEASE_COLLECTION = LEASES_COLLECTION
 
 
 class LeaseLostError(PipelineError):
