@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from indexer.projection import (
+from infra.index_layout import (
     DOCUMENT_FIELD,
     ID_FIELD,
     KEYWORD_SUBFIELD,

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from api.validation import InvalidInputError, encoded_size, merge_patch
+from infra.document_layout import DOCUMENT, VERSION, is_tombstone, stored_document
 from infra.envelope import EventType, OutboxRecord
 
 
@@ -52,8 +53,8 @@ class StoredState:
     def from_mongo(cls, raw: dict[str, Any] | None) -> StoredState | None:
         if raw is None:
             return None
-        deleted = bool(raw.get("deleted")) or raw.get("document") is None
-        return cls(version=int(raw["version"]), document=None if deleted else raw["document"])
+        document = None if is_tombstone(raw) else raw[DOCUMENT]
+        return cls(version=int(raw[VERSION]), document=document)
 
 
 # --- If-Match --------------------------------------------------------------------------
@@ -137,14 +138,8 @@ class WritePlan:
     document: dict[str, Any] | None  # the document after the write; None for a delete
 
     def to_mongo(self, document_id: str, now: datetime) -> dict[str, Any]:
-        """The stored form: `{_id, version, document, deleted, updated_at}`."""
-        return {
-            "_id": document_id,
-            "version": self.version,
-            "document": self.document,
-            "deleted": self.document is None,
-            "updated_at": now,
-        }
+        """The stored form (`infra/document_layout`)."""
+        return stored_document(document_id, self.version, self.document, now)
 
     def outbox_record(
         self,

@@ -23,8 +23,8 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from indexer.projection import index_mapping, source_for
 from infra.envelope import EventType, OutboxRecord, new_event_id, utc_now
+from infra.index_layout import index_mapping, source_for
 from infra.mongo import MongoClient
 from infra.settings import Settings
 

@@ -11,64 +11,23 @@ deleted document. Search filters tombstones out (`LIVE_FILTER`). A re-created do
 continues its version (MongoDB keeps the tombstone at version + 1), so it overwrites the
 tombstone normally.
 
-The `_source` of every indexed document (one layout, also built by the operator tools
-through `source_for`)::
-
-    {
-      "id": "<document id>",            # keyword; search's tiebreaker sort
-      "version": 7,                     # long; equals the external _version
-      "deleted": false,                 # true for a tombstone
-      "document": {...} | null,         # the document after the write; null in a tombstone
-      "event_id": "<outbox event id>",  # keyword
-      "committed_at": "<RFC 3339>",     # when the write committed (outbox record time)
-      "indexed_at": "<RFC 3339>"        # when the indexer built this source
-    }
-
-Each collection has its own concrete index (`initial_index_name`, ``<alias>-v1``) behind
-the alias ``settings.es.alias_for(collection)``; the indexer writes and search reads
-through the alias, so ``outbox reindex`` can build ``<alias>-v2`` and swap the alias.
-
-Tombstone purge: removing a tombstone is only safe once no event older than it can
-still arrive (Kafka retention of every topic that could replay it, the outbox TTL for
-`outbox replay`, and the DLQ for redrive have all passed). Nothing purges automatically;
-`tombstone_purge_query` gives the operator tooling the query for a delete-by-query.
+The `_source` layout, index naming and mapping are the shared contract in
+`infra/index_layout.py`; this module only decides which action an event becomes.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from infra.envelope import EventType, OutboxRecord, format_time
+from infra.envelope import EventType, OutboxRecord
+from infra.index_layout import DELETED_FIELD, source_for
 from infra.naming import is_collection_name
 
 # Elasticsearch refuses ids longer than 512 bytes; the API allows far shorter ones.
 MAX_ID_BYTES = 512
-
-ID_FIELD = "id"
-VERSION_FIELD = "version"
-DELETED_FIELD = "deleted"
-DOCUMENT_FIELD = "document"
-
-# Every search combines its query with this filter: tombstones never appear.
-LIVE_FILTER: dict[str, Any] = {"term": {DELETED_FIELD: False}}
-
-# Strings in documents: full text for `q`, plus a keyword sub-field for exact filters
-# and sorting (Elasticsearch's own default, spelled out so overrides can rely on it).
-KEYWORD_SUBFIELD = "keyword"
-_DOCUMENT_STRINGS_TEMPLATE: dict[str, Any] = {
-    "document_strings": {
-        "path_match": f"{DOCUMENT_FIELD}.*",
-        "match_mapping_type": "string",
-        "mapping": {
-            "type": "text",
-            "fields": {KEYWORD_SUBFIELD: {"type": "keyword", "ignore_above": 256}},
-        },
-    }
-}
 
 
 class ProjectionError(ValueError):
@@ -98,22 +57,6 @@ class IndexAction:
                 "version_type": "external",
             }
         }
-
-
-def source_for(record: OutboxRecord, *, indexed_at: datetime | None = None) -> dict[str, Any]:
-    """The `_source` for `record`: the live document, or a tombstone for a delete."""
-    deleted = record.type is EventType.DELETED
-    source: dict[str, Any] = {
-        ID_FIELD: record.document_id,
-        VERSION_FIELD: record.version,
-        DELETED_FIELD: deleted,
-        DOCUMENT_FIELD: None if deleted else record.payload,
-        "event_id": record.event_id,
-        "committed_at": format_time(record.time),
-    }
-    if indexed_at is not None:
-        source["indexed_at"] = format_time(indexed_at)
-    return source
 
 
 def check_indexable(record: OutboxRecord, *, topic_collection: str | None = None) -> None:
@@ -163,68 +106,3 @@ def latest_per_document(actions: Iterable[IndexAction]) -> dict[tuple[str, str],
         if current is None or supersedes(action.version, current.version):
             latest[key] = action
     return latest
-
-
-def initial_index_name(alias: str) -> str:
-    """The concrete index created behind `alias` on a collection's first event."""
-    return f"{alias}-v1"
-
-
-def index_mapping(override: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The mapping of a collection's index, with an optional per-collection override.
-
-    The override (``settings.es.mappings[collection]``) describes the *document*: its
-    ``properties`` become ``document.properties`` (e.g. ``{"properties": {"price":
-    {"type": "double"}}}``), ``dynamic`` sets how unknown document fields are handled,
-    and ``dynamic_templates`` are tried before the default string template (their
-    ``path_match`` should start with ``document.``).
-    """
-    override = copy.deepcopy(dict(override or {}))
-    templates = list(override.pop("dynamic_templates", []))
-    document: dict[str, Any] = {"type": "object", "dynamic": override.pop("dynamic", True)}
-    document_properties = override.pop("properties", None)
-    if document_properties:
-        document["properties"] = document_properties
-    if override:
-        raise ValueError(f"unsupported mapping override keys: {sorted(override)}")
-    return {
-        # Unknown top-level fields are kept in _source but not indexed: a newer indexer's
-        # extra field never turns into a mapping conflict on an older index.
-        "dynamic": False,
-        # A string that once looked like a date must not make every later string a
-        # mapping conflict.
-        "date_detection": False,
-        "numeric_detection": False,
-        "dynamic_templates": [*templates, _DOCUMENT_STRINGS_TEMPLATE],
-        "properties": {
-            ID_FIELD: {"type": "keyword"},
-            VERSION_FIELD: {"type": "long"},
-            DELETED_FIELD: {"type": "boolean"},
-            DOCUMENT_FIELD: document,
-            "event_id": {"type": "keyword"},
-            "committed_at": {"type": "date"},
-            "indexed_at": {"type": "date"},
-        },
-    }
-
-
-def tombstone_purge_query(*, committed_before: datetime) -> dict[str, Any]:
-    """Query selecting tombstones old enough to purge, for a delete-by-query.
-
-    Only safe when no event older than `committed_before` can still be delivered or
-    replayed (Kafka retention, outbox TTL, DLQ contents): a purged tombstone no longer
-    stops a stale create. Pass a cut-off well behind all of them.
-    """
-    return {
-        "bool": {
-            "filter": [
-                {"term": {DELETED_FIELD: True}},
-                {"range": {"committed_at": {"lt": format_time(committed_before)}}},
-            ]
-        }
-    }
-
-
-def default_purge_cutoff(now: datetime, *, retention: timedelta) -> datetime:
-    """A cut-off a full retention period (plus a day of margin) behind `now`."""
-    return now - retention - timedelta(days=1)

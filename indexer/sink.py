@@ -11,9 +11,10 @@ import orjson
 import structlog
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 
-from indexer.projection import IndexAction, index_mapping, initial_index_name
+from indexer.projection import IndexAction
 from infra.elastic import is_retriable_status, map_elastic_error
 from infra.errors import FatalError, RetriableError
+from infra.index_layout import index_mapping, index_name
 from infra.settings import ElasticSettings
 
 log = structlog.get_logger(__name__)
@@ -84,7 +85,7 @@ class ElasticsearchSink:
         return alias
 
     async def _create(self, collection: str, alias: str) -> None:
-        index = initial_index_name(alias)
+        index = index_name(alias, 1)
         try:
             mapping = index_mapping(self._settings.mappings.get(collection))
         except ValueError as e:

@@ -30,10 +30,11 @@ from typing import Any
 import structlog
 from elasticsearch import ApiError, NotFoundError, TransportError
 
-from indexer.projection import DELETED_FIELD, ID_FIELD, VERSION_FIELD
+from infra.document_layout import DELETED, DOCUMENT, UPDATED_AT, VERSION, is_tombstone
 from infra.elastic import map_elastic_error
 from infra.envelope import EventType, OutboxRecord, new_event_id, utc_now
 from infra.errors import FatalError
+from infra.index_layout import DELETED_FIELD, ID_FIELD, VERSION_FIELD
 from infra.naming import is_document_collection
 from operator_tools.clients import OperatorClients
 from operator_tools.progress import NoProgress, Progress
@@ -146,14 +147,14 @@ async def mongo_entries(
 ) -> AsyncIterator[Entry]:
     """Every document of `collection` (tombstones included), sorted by `_id`."""
     coll = clients.db[collection]
-    cursor = coll.find({}, {"version": 1, "deleted": 1, "document": 1}).sort("_id", 1)
+    cursor = coll.find({}, {VERSION: 1, DELETED: 1, DOCUMENT: 1}).sort("_id", 1)
     async with cursor.batch_size(PAGE) as docs:
         async for raw in docs:
             if not isinstance(raw["_id"], str):
                 raise UnsortedStreamError(
                     f"{collection}: _id {raw['_id']!r} is not a string; cannot merge by id"
                 )
-            deleted = bool(raw.get("deleted")) or raw.get("document") is None
+            deleted = is_tombstone(raw)
             if progress is not None:
                 progress.advance()
             yield Entry(raw["_id"], int(raw["version"]), deleted)
@@ -212,20 +213,20 @@ async def collections_to_check(clients: OperatorClients, only: str | None) -> li
 
 def synthesized_record(collection: str, raw: dict[str, Any]) -> OutboxRecord:
     """A fresh event for the current MongoDB state (its outbox record has expired)."""
-    deleted = bool(raw.get("deleted")) or raw.get("document") is None
-    version = int(raw["version"])
+    deleted = is_tombstone(raw)
+    version = int(raw[VERSION])
     if deleted:
         event_type = EventType.DELETED
     else:
         event_type = EventType.CREATED if version == 1 else EventType.UPDATED
-    time = raw.get("updated_at") or utc_now()
+    time = raw.get(UPDATED_AT) or utc_now()
     return OutboxRecord(
         event_id=new_event_id(),
         collection=collection,
         document_id=str(raw["_id"]),
         version=version,
         type=event_type,
-        payload=None if deleted else raw.get("document"),
+        payload=None if deleted else raw.get(DOCUMENT),
         time=time,
     )
 

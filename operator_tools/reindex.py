@@ -2,7 +2,7 @@
 
 The pipeline keeps running throughout. Steps:
 
-1. create `<alias>-v<N+1>` with the collection's current mapping (`index_mapping`);
+1. create `<alias>.v<N+1>` (`infra/index_layout`) with the current mapping;
 2. note the start time T0, then copy every MongoDB document (tombstones included) into
    it with `version_type=external` at the document's version, in `_id` order, in bulk;
 3. swap the alias atomically (`update_aliases`: remove it from every index it names, add
@@ -20,7 +20,6 @@ and would see every document twice.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,11 +28,13 @@ from typing import Any, cast
 import structlog
 from elasticsearch import ApiError, NotFoundError, TransportError
 
-from indexer.projection import IndexAction, action_for, index_mapping
+from indexer.projection import IndexAction, action_for
 from indexer.sink import ItemResult, bulk_body, classify_item
+from infra.document_layout import UPDATED_AT
 from infra.elastic import map_elastic_error
 from infra.envelope import OutboxRecord, utc_now
 from infra.errors import FatalError
+from infra.index_layout import index_mapping, next_index_name
 from operator_tools.clients import OperatorClients
 from operator_tools.progress import NoProgress, Progress
 from operator_tools.reconcile import synthesized_record
@@ -44,22 +45,10 @@ BATCH = 1000
 # MongoDB's default transactionLifetimeLimitSeconds is 60: a write stamped earlier than
 # T0 - margin committed before the build read its document.
 CATCH_UP_MARGIN = timedelta(seconds=120)
-_VERSION_RE = re.compile(r"-v(\d+)$")
 
 
 class ReindexError(FatalError):
     """The new index could not be built; the alias was left where it was."""
-
-
-def next_index_name(alias: str, existing: Sequence[str]) -> str:
-    """`<alias>-v<N+1>`, N the highest version among `existing` indices of this alias."""
-    highest = 0
-    for name in existing:
-        if name.startswith(alias):
-            m = _VERSION_RE.search(name)
-            if m:
-                highest = max(highest, int(m.group(1)))
-    return f"{alias}-v{highest + 1}"
 
 
 def swap_actions(alias: str, old: Sequence[str], new: str) -> list[dict[str, Any]]:
@@ -210,7 +199,9 @@ async def reindex(
             mapping = index_mapping(clients.settings.es.mappings.get(collection))
         except ValueError as e:
             raise ReindexError(f"OUTBOX_ES_MAPPINGS for {collection!r}: {e}") from e
-        all_indices = list((await es.indices.get(index=f"{alias}-v*", allow_no_indices=True)).body)
+        all_indices = list(
+            (await es.indices.get(index=f"{alias}.v*,{alias}-v*", allow_no_indices=True)).body
+        )
         new = next_index_name(alias, [*old, *all_indices])
         await es.indices.create(index=new, mappings=mapping)
     except (ApiError, TransportError) as e:
@@ -241,7 +232,7 @@ async def reindex(
     result.old_indices = sorted(set(old) | set(current))
     log.info("alias_swapped", actor=actor, collection=collection, alias=alias, index=new)
     cutoff: datetime = started - catch_up_margin
-    recent = {"$or": [{"updated_at": {"$gte": cutoff}}, {"updated_at": {"$exists": False}}]}
+    recent = {"$or": [{UPDATED_AT: {"$gte": cutoff}}, {UPDATED_AT: {"$exists": False}}]}
     progress.start(f"catching up {collection}", await coll.count_documents(recent))
     result.caught_up = await _copy(
         clients, collection, new, query=recent, progress=progress, failures=result.failures

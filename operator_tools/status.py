@@ -33,8 +33,9 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from elasticsearch import ApiError, NotFoundError, TransportError
 
-from indexer.projection import LIVE_FILTER
+from infra.document_layout import LIVE_QUERY
 from infra.elastic import map_elastic_error
+from infra.index_layout import LIVE_FILTER
 from infra.kafka import admin_client, consumer_config, map_kafka_error
 from infra.settings import KafkaSettings
 from operator_tools.clients import CONNECT_TIMEOUT_S, OperatorClients
@@ -289,7 +290,7 @@ async def _collection_counts(clients: OperatorClients, report: StatusReport) -> 
     names = await collections_to_check(clients, None)
 
     async def one(name: str) -> dict[str, Any]:
-        mongo_live = await clients.db[name].count_documents({"deleted": {"$ne": True}})
+        mongo_live = await clients.db[name].count_documents(LIVE_QUERY)
         try:
             response = await clients.es.count(
                 index=clients.settings.es.alias_for(name), query=LIVE_FILTER

@@ -8,7 +8,7 @@ import random
 
 from elasticsearch import ApiError, TransportError
 
-from indexer.projection import LIVE_FILTER
+from infra.index_layout import LIVE_FILTER
 from operator_tools.dlq_ops import list_entries
 from operator_tools.reindex import reindex
 from operator_tools.status import status
@@ -103,11 +103,11 @@ async def test_reindex_with_keep_old_leaves_the_old_index(pipeline: Pipeline) ->
     cli = await pipeline.cli("reindex", "books", "--keep-old", "--json")
     assert cli.code == 0, cli.stderr
     body = cli.json()
-    assert body["new_index"] == f"{alias}-v2"
+    assert body["new_index"] == f"{alias}.v2"
     assert body["copied"] == 5
     assert body["removed_old"] is False
-    assert await pipeline.es.indices.exists(index=f"{alias}-v1")
-    assert sorted((await pipeline.es.indices.get_alias(name=alias)).body) == [f"{alias}-v2"]
+    assert await pipeline.es.indices.exists(index=f"{alias}.v1")
+    assert sorted((await pipeline.es.indices.get_alias(name=alias)).body) == [f"{alias}.v2"]
     assert await pipeline.es_state("books") == {f"b{i}": (1, False) for i in range(5)}
 
 

@@ -10,18 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from indexer.projection import (
-    LIVE_FILTER,
     IndexAction,
     ProjectionError,
     action_for,
     check_indexable,
-    index_mapping,
     latest_per_document,
-    source_for,
     supersedes,
-    tombstone_purge_query,
 )
 from infra.envelope import EventType, OutboxRecord
+from infra.index_layout import source_for
 from tests.fixtures.indexer import BASE_TIME, make_record
 
 ALIAS = "outbox-books"
@@ -154,10 +151,6 @@ def test_live_source_carries_document_version_and_event_metadata() -> None:
     assert "indexed_at" not in source_for(record)
 
 
-def test_search_filter_excludes_tombstones() -> None:
-    assert LIVE_FILTER == {"term": {"deleted": False}}
-
-
 @pytest.mark.parametrize(
     ("record", "topic_collection", "error"),
     [
@@ -172,32 +165,3 @@ def test_unindexable_events_are_poison(
     """Events no retry can index raise ProjectionError (the service dead-letters them)."""
     with pytest.raises(ProjectionError, match=error):
         check_indexable(record, topic_collection=topic_collection)
-
-
-def test_mapping_override_describes_the_document_fields() -> None:
-    """`settings.es.mappings[c]` maps document fields; the envelope fields stay fixed."""
-    mapping = index_mapping({"properties": {"price": {"type": "double"}}, "dynamic": "strict"})
-    document = mapping["properties"]["document"]
-    assert document["properties"] == {"price": {"type": "double"}}
-    assert document["dynamic"] == "strict"
-    assert mapping["properties"]["version"] == {"type": "long"}
-    assert mapping["properties"]["id"] == {"type": "keyword"}
-    assert mapping["date_detection"] is False
-    with pytest.raises(ValueError, match="unsupported"):
-        index_mapping({"settings": {}})
-
-
-def test_default_mapping_indexes_document_strings_as_text_with_keyword() -> None:
-    mapping = index_mapping()
-    (template,) = mapping["dynamic_templates"]
-    rule = template["document_strings"]
-    assert rule["path_match"] == "document.*"
-    assert rule["mapping"]["fields"]["keyword"]["type"] == "keyword"
-
-
-def test_tombstone_purge_query_selects_only_old_tombstones() -> None:
-    query = tombstone_purge_query(committed_before=BASE_TIME)
-    assert {"term": {"deleted": True}} in query["bool"]["filter"]
-    assert {"range": {"committed_at": {"lt": "2026-01-01T00:00:00.000Z"}}} in query["bool"][
-        "filter"
-    ]

@@ -20,7 +20,7 @@ from api.search_query import (
     public_hits,
     sort_key,
 )
-from indexer.projection import LIVE_FILTER, index_mapping
+from infra.index_layout import LIVE_FILTER, index_mapping
 
 FIELDS = {
     "title": FieldInfo("text", keyword_subfield=True),

@@ -1,15 +1,8 @@
-"""Reindex naming and the atomic alias swap body."""
+"""The atomic alias swap body of a reindex."""
 
 from __future__ import annotations
 
-from operator_tools.reindex import next_index_name, swap_actions
-
-
-def test_next_index_name_counts_past_every_existing_version() -> None:
-    """The new index is one version above the highest one seen, never a reuse."""
-    assert next_index_name("ns-books", []) == "ns-books-v1"
-    assert next_index_name("ns-books", ["ns-books-v1"]) == "ns-books-v2"
-    assert next_index_name("ns-books", ["ns-books-v3", "ns-books-v10"]) == "ns-books-v11"
+from operator_tools.reindex import swap_actions
 
 
 def test_swap_moves_the_alias_in_one_request() -> None:
