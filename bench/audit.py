@@ -17,23 +17,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 from elasticsearch import AsyncElasticsearch, NotFoundError
 from elasticsearch.helpers import async_scan
 
 from infra.elastic import elastic_client
 from infra.envelope import CE_AGGREGATEVERSION, CE_ID, headers_dict
-from infra.kafka import admin_client, consumer_config
+from infra.kafka import read_to_end, topic_partitions
 from infra.mongo import MongoClient, mongo_client
 from infra.settings import Settings
-
-KAFKA_READ_TIMEOUT_S = 120.0
 
 DocKey = tuple[str, str]  # (collection, document id)
 DocState = tuple[int, bool]  # (version, deleted)
@@ -229,53 +225,22 @@ def read_kafka_events(settings: Settings, topics: Iterable[str]) -> list[KafkaEv
     """Everything in `topics` a read_committed consumer sees, from the start to the end.
 
     Blocking: run it in a thread. Assigned (no group membership), so it never moves the
-    indexer's offsets; it stops when every partition reported its end.
+    indexer's offsets.
     """
-    admin = admin_client(settings.kafka)
-    metadata = admin.list_topics(timeout=10)
-    partitions = [
-        TopicPartition(topic, p, -2)  # OFFSET_BEGINNING
-        for topic in topics
-        if topic in metadata.topics
-        for p in metadata.topics[topic].partitions
-    ]
-    if not partitions:
-        return []
-    consumer = Consumer(
-        consumer_config(
-            settings.kafka, f"bench-audit-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True}
-        )
-    )
+    parts = topic_partitions(settings.kafka, sorted(topics))
     events: list[KafkaEvent] = []
-    pending = {(tp.topic, tp.partition) for tp in partitions}
-    deadline = time.monotonic() + KAFKA_READ_TIMEOUT_S
-    try:
-        consumer.assign(partitions)
-        while pending and time.monotonic() < deadline:
-            for message in consumer.consume(num_messages=5000, timeout=0.5):
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard((message.topic(), message.partition()))
-                        continue
-                    raise RuntimeError(f"audit consumer error: {error}")
-                raw_headers = message.headers()
-                headers = headers_dict(raw_headers if isinstance(raw_headers, list) else None)  # type: ignore[arg-type]
-                key = message.key()
-                events.append(
-                    KafkaEvent(
-                        topic=str(message.topic()),
-                        partition=int(message.partition() or 0),
-                        offset=int(message.offset() or 0),
-                        key=key.decode(errors="replace") if key else "",
-                        event_id=headers.get(CE_ID, ""),
-                        version=int(headers.get(CE_AGGREGATEVERSION) or 0),
-                    )
-                )
-        if pending:
-            raise RuntimeError(f"audit consumer did not reach the end of {sorted(pending)}")
-    finally:
-        consumer.close()
+    for message in read_to_end(settings.kafka, parts, purpose="bench-audit"):
+        headers = headers_dict(message.headers)
+        events.append(
+            KafkaEvent(
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                key=message.key.decode(errors="replace") if message.key else "",
+                event_id=headers.get(CE_ID, ""),
+                version=int(headers.get(CE_AGGREGATEVERSION) or 0),
+            )
+        )
     return events
 
 

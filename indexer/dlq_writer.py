@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, Producer
 
 from infra.dead_letter import DeadLetter
 from infra.errors import FatalError, PipelineError
-from infra.kafka import producer_config
+from infra.kafka import produce, producer_config
 from infra.settings import KafkaSettings
 
 log = structlog.get_logger(__name__)
@@ -53,13 +53,7 @@ class KafkaDeadLetterWriter:
         """
         results: dict[int, KafkaError | None] = {}
         for i, letter in enumerate(letters):
-            self._producer.produce(
-                self._topic,
-                key=letter.key,
-                value=letter.value,
-                headers=cast(Any, letter.kafka_headers()),
-                on_delivery=_recorder(results, i),
-            )
+            produce(self._producer, letter.to_message(self._topic), _recorder(results, i))
         while len(results) < len(letters):
             self._producer.flush(_SERVE_INTERVAL_S)
             if self._closing.is_set() and len(results) < len(letters):

@@ -61,6 +61,20 @@ class DeadLetter:
             (DLQ_TIME, format_time(self.time or utc_now()).encode()),
         ]
 
+    def to_message(
+        self, dlq_topic: str, *, event_id: str = "", collection: str = ""
+    ) -> KafkaMessage:
+        """This dead letter as the message to produce on the DLQ topic."""
+        return KafkaMessage(
+            topic=dlq_topic,
+            key=self.key,
+            value=self.value,
+            headers=self.kafka_headers(),
+            event_id=event_id,
+            collection=collection,
+            dead_letter=self,
+        )
+
     @classmethod
     def from_kafka(
         cls,
@@ -100,12 +114,4 @@ def dead_letter_message(
         stage=stage,
         source_topic=message.topic,
     )
-    return KafkaMessage(
-        topic=dlq_topic,
-        key=message.key,
-        value=letter.value,
-        headers=letter.kafka_headers(),
-        event_id=message.event_id,
-        collection=message.collection,
-        dead_letter=letter,
-    )
+    return letter.to_message(dlq_topic, event_id=message.event_id, collection=message.collection)

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from infra.dead_letter import DeadLetter
 from infra.envelope import (
@@ -33,8 +30,7 @@ from infra.envelope import (
     KafkaMessage,
     headers_dict,
 )
-from infra.errors import FatalError, RetriableError
-from infra.kafka import admin_client, consumer_config, map_kafka_error
+from infra.kafka import read_to_end, topic_partitions
 from infra.settings import KafkaSettings
 from operator_tools.clients import OperatorClients
 from operator_tools.reemitter import KafkaReemitter, mark_replayed
@@ -42,7 +38,6 @@ from operator_tools.reemitter import KafkaReemitter, mark_replayed
 log = structlog.get_logger(__name__)
 
 REDRIVES_COLLECTION = "ops.dlq_redrives"
-READ_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,62 +103,15 @@ class DlqEntry:
 
 def read_letters_blocking(settings: KafkaSettings) -> list[DlqEntry]:
     """Every committed message in the DLQ topic, from the beginning to its current end."""
-    consumer = Consumer(
-        consumer_config(
-            settings,
-            f"{settings.namespace}.ops-dlq-reader.{uuid.uuid4().hex[:8]}",
-            **{"enable.partition.eof": True},
+    parts = topic_partitions(settings, [settings.dlq_topic])
+    return [
+        DlqEntry(
+            DeadLetter.from_kafka(key=m.key, value=m.value, headers=m.headers),
+            m.partition,
+            m.offset,
         )
-    )
-    entries: list[DlqEntry] = []
-    try:
-        metadata = admin_client(settings).list_topics(timeout=5).topics
-        topic = metadata.get(settings.dlq_topic)
-        if topic is None:
-            return []
-        parts = [TopicPartition(settings.dlq_topic, p, -2) for p in sorted(topic.partitions)]
-        consumer.assign(parts)
-        pending = {tp.partition for tp in parts}
-        deadline = time.monotonic() + READ_TIMEOUT_S
-        while pending:
-            if time.monotonic() > deadline:
-                raise RetriableError(
-                    f"reading {settings.dlq_topic} timed out (partitions {sorted(pending)})"
-                )
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            err = message.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(message.partition())
-                    continue
-                if err.fatal() or not err.retriable():
-                    raise FatalError(f"reading {settings.dlq_topic} failed: {err}")
-                continue
-            letter = DeadLetter.from_kafka(
-                key=_bytes(message.key()),
-                value=_bytes(message.value()),
-                headers=[(k, _bytes(v)) for k, v in _header_list(message.headers())],
-            )
-            entries.append(DlqEntry(letter, message.partition() or 0, message.offset() or 0))
-    except KafkaException as e:
-        raise map_kafka_error(e) from e
-    finally:
-        consumer.close()
-    return entries
-
-
-def _bytes(value: str | bytes | None) -> bytes | None:
-    return value.encode() if isinstance(value, str) else value
-
-
-def _header_list(
-    headers: dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None,
-) -> list[tuple[str, str | bytes | None]]:
-    if headers is None:
-        return []
-    return list(headers.items()) if isinstance(headers, dict) else list(headers)
+        for m in read_to_end(settings, parts, purpose="ops-dlq-reader")
+    ]
 
 
 async def list_entries(clients: OperatorClients) -> list[DlqEntry]:

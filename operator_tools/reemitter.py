@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import cast
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -17,13 +16,12 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from infra.envelope import CE_REPLAYED, KafkaMessage, OutboxRecord
 from infra.errors import PipelineError
 from infra.kafka import ensure_topics as ensure_kafka_topics
-from infra.kafka import event_topic_config, map_kafka_error, producer_config
+from infra.kafka import event_topic_config, map_kafka_error, produce, producer_config
 from infra.settings import KafkaSettings
 
 log = structlog.get_logger(__name__)
 
 FLUSH_TIMEOUT_S = 60.0
-_QUEUE_FULL_WAIT_S = 0.1
 
 
 class DeliveryFailedError(PipelineError):
@@ -59,20 +57,10 @@ class KafkaReemitter:
 
     def _produce_blocking(self, events: Sequence[KafkaMessage]) -> None:
         for event in events:
-            while True:
-                try:
-                    self._producer.produce(
-                        event.topic,
-                        key=event.key,
-                        value=event.value,
-                        headers=cast("list[tuple[str, str | bytes | None]]", event.headers),
-                        on_delivery=self._on_delivery,
-                    )
-                    break
-                except BufferError:
-                    self._producer.poll(_QUEUE_FULL_WAIT_S)  # local queue full: let it drain
-                except KafkaException as e:
-                    raise map_kafka_error(e) from e
+            try:
+                produce(self._producer, event, self._on_delivery)
+            except KafkaException as e:
+                raise map_kafka_error(e, f"producing to {event.topic}") from e
             self.produced += 1
         self._producer.poll(0)
 

@@ -24,19 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from elasticsearch import ApiError, NotFoundError, TransportError
 
 from infra.document_layout import LIVE_QUERY
 from infra.elastic import map_elastic_error
+from infra.errors import RetriableError
 from infra.index_layout import LIVE_FILTER
-from infra.kafka import admin_client, consumer_config, map_kafka_error
+from infra.kafka import admin_client, consumer_config, map_kafka_error, read_to_end
 from infra.settings import KafkaSettings
 from operator_tools.clients import CONNECT_TIMEOUT_S, OperatorClients
 from operator_tools.dlq_ops import list_entries
@@ -235,40 +235,17 @@ def _count_small_gaps(settings: KafkaSettings, lags: list[PartitionLag]) -> None
     small = [p for p in lags if 0 < p.lag <= EXACT_LAG_BELOW]
     if not small:
         return
-    reader = Consumer(
-        consumer_config(
-            settings,
-            f"{settings.namespace}.ops-lag-reader.{uuid.uuid4().hex[:8]}",
-            **{"enable.partition.eof": True},
-        )
-    )
-    by_key = {(p.topic, p.partition): p for p in small}
-    counts = dict.fromkeys(by_key, 0)
+    starts = [TopicPartition(p.topic, p.partition, p.committed or OFFSET_BEGINNING) for p in small]
+    counts = {(p.topic, p.partition): 0 for p in small}
     try:
-        reader.assign(
-            [TopicPartition(p.topic, p.partition, p.committed or OFFSET_BEGINNING) for p in small]
-        )
-        pending = set(by_key)
-        deadline = time.monotonic() + CONNECT_TIMEOUT_S
-        while pending and time.monotonic() < deadline:
-            message = reader.poll(0.2)
-            if message is None:
-                continue
-            key = (message.topic() or "", message.partition() or 0)
-            err = message.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(key)
-                continue
-            if key in counts and (message.offset() or 0) < by_key[key].end:
-                counts[key] += 1
-    except KafkaException as e:
-        raise map_kafka_error(e) from e
-    finally:
-        reader.close()
-    for key, p in by_key.items():
-        if key not in pending:
-            p.lag = counts[key]
+        for message in read_to_end(
+            settings, starts, purpose="ops-lag-reader", idle_timeout_s=CONNECT_TIMEOUT_S
+        ):
+            counts[(message.topic, message.partition)] += 1
+    except RetriableError:
+        return  # an open transaction holds the end back: keep the offset differences
+    for p in small:
+        p.lag = counts[(p.topic, p.partition)]
 
 
 async def _consumer_lag(clients: OperatorClients, report: StatusReport) -> None:

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -28,6 +28,7 @@ from infra.kafka import (
     ensure_topics,
     event_topic_config,
     map_kafka_error,
+    produce,
     producer_config,
 )
 from infra.settings import Settings
@@ -129,7 +130,7 @@ class KafkaEventPublisher:
         try:
             producer.init_transactions(INIT_TIMEOUT_S)
         except KafkaException as e:
-            raise _map(e, "init_transactions") from e
+            raise map_kafka_error(e, "init_transactions") from e
         self._producer = producer
 
     async def ensure_event_topics(self, topics: set[str]) -> None:
@@ -188,7 +189,7 @@ class KafkaEventPublisher:
                 if alone:
                     producer.flush(COMMIT_TIMEOUT_S)
                 try:
-                    self._produce(producer, to_send, on_delivery(message.event_id))
+                    produce(producer, to_send, on_delivery(message.event_id))
                 except KafkaException as e:
                     err: KafkaError = e.args[0]
                     if err.code() not in _PERMANENT_REFUSALS or message.dead_letter is not None:
@@ -197,7 +198,7 @@ class KafkaEventPublisher:
                     to_send = dead_letter_for(
                         message, f"{err.name()}: {err.str()}", self._kafka.dlq_topic
                     )
-                    self._produce(producer, to_send, on_delivery(message.event_id))
+                    produce(producer, to_send, on_delivery(message.event_id))
                 if alone:
                     producer.flush(COMMIT_TIMEOUT_S)
                 sent += 1
@@ -207,7 +208,7 @@ class KafkaEventPublisher:
                     outcome.dead_lettered.append(message.event_id)
                 else:
                     by_collection[message.collection] = by_collection.get(message.collection, 0) + 1
-            self._produce(
+            produce(
                 producer,
                 KafkaMessage(
                     topic=self._kafka.checkpoint_topic,
@@ -232,26 +233,6 @@ class KafkaEventPublisher:
         return outcome
 
     @staticmethod
-    def _produce(
-        producer: Producer,
-        message: KafkaMessage,
-        on_delivery: Callable[[KafkaError | None, Message], None] | None,
-    ) -> None:
-        while True:
-            try:
-                producer.produce(
-                    message.topic,
-                    key=message.key,
-                    value=message.value,
-                    headers=cast("list[tuple[str, str | bytes | None]]", message.headers),
-                    on_delivery=on_delivery,
-                )
-            except BufferError:
-                producer.poll(0.05)  # local queue full: serve delivery reports, then retry
-                continue
-            return
-
-    @staticmethod
     def _abort(producer: Producer) -> None:
         for attempt in range(1, ABORT_ATTEMPTS + 1):
             try:
@@ -269,10 +250,3 @@ class KafkaEventPublisher:
         """Wait for an in-flight call to finish, then drop the producer."""
         await asyncio.to_thread(self._executor.shutdown, wait=True)
         self._producer = None
-
-
-def _map(e: KafkaException, what: str) -> RetriableError | FatalError:
-    err: KafkaError = e.args[0]
-    if err.retriable() and not err.fatal():
-        return RetriableError(f"{what}: {err}")
-    return FatalError(f"{what}: {err}")
