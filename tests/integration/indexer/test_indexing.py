@@ -116,7 +116,7 @@ async def test_poison_events_go_to_the_dlq_and_the_next_good_event_is_indexed(
 
     sources = await indexed_sources(es_client, settings.es.alias_for("books"))
     assert set(sources) == {"good"}
-    assert indexer.progress.events_dead_lettered == 3
+    assert indexer.state.events_dead_lettered == 3
 
     letters = await asyncio.to_thread(read_all, settings, settings.kafka.dlq_topic, 3)
     by_key = {m.key(): m for m in letters}

@@ -61,7 +61,7 @@ async def test_indexer_survives_an_elasticsearch_outage_and_catches_up_without_r
         await asyncio.to_thread(private_stack.kafka_es.stop)
 
         await wait_until(
-            lambda: indexer.progress.retrying_since is not None,
+            lambda: indexer.state.retrying_since is not None,
             timeout_s=15,
             what="the indexer to retry its batch against the stopped Elasticsearch",
         )
@@ -75,7 +75,7 @@ async def test_indexer_survives_an_elasticsearch_outage_and_catches_up_without_r
         sources = await indexed_sources(es, settings.es.alias_for("books"))
         assert len(sources) == EVENTS + 2
         assert {s["_version"] for s in sources.values()} == {1}
-        assert indexer.progress.retrying_since is None
+        assert indexer.state.retrying_since is None
     finally:
         await indexer.stop()
         await es.close()

@@ -62,7 +62,7 @@ async def test_reindex_under_concurrent_writes_keeps_search_answering_and_ends_e
         # Events the indexer applies to the old index after the copy read their documents:
         # exactly what the catch-up must carry over to the new index.
         assert pipeline.indexer is not None
-        state = pipeline.indexer.progress
+        state = pipeline.indexer.state
         applied = state.events_applied
         await wait_until(
             lambda: state.events_applied >= applied + 20,
