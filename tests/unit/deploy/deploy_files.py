@@ -24,7 +24,7 @@ from infra.settings import Settings, settings_to_env
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "compose.yaml"
 PORTS_OVERRIDE_FILE = ROOT / "deploy" / "compose.ports.yaml"
-ES_SECURITY_OVERRIDE_FILE = ROOT / "deploy" / "compose.es-security.yaml"
+SECRETS_SCRIPT = ROOT / "deploy" / "compose_secrets.py"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
@@ -97,6 +97,17 @@ def environment(service: Mapping[str, Any]) -> dict[str, str]:
     if isinstance(env, list):
         return dict(item.split("=", 1) for item in env)
     return {str(key): "" if value is None else str(value) for key, value in env.items()}
+
+
+def mounted_secrets(service: Mapping[str, Any]) -> dict[str, str]:
+    """A service's `secrets:` as {file name under /run/secrets: top-level secret name}."""
+    mounted: dict[str, str] = {}
+    for entry in service.get("secrets") or []:
+        if isinstance(entry, str):
+            mounted[entry] = entry
+        else:
+            mounted[str(entry.get("target") or entry["source"])] = str(entry["source"])
+    return mounted
 
 
 def depends_on(service: Mapping[str, Any]) -> dict[str, str]:
