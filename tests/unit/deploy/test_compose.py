@@ -21,6 +21,7 @@ from outbox_cli.main import app
 from tests.unit.deploy.deploy_files import (
     APP_SERVICES,
     COMPOSE_FILE,
+    CREDENTIALS,
     DOCKERFILE,
     INFRA_SERVICES,
     PORTS_OVERRIDE_FILE,
@@ -46,13 +47,6 @@ NEEDS = {
     "api": {"mongo", "elasticsearch", "es-setup", "auth"},  # writes, search, verification
     "relay": {"mongo", "kafka"},  # change stream → Kafka transactions
     "indexer": {"kafka", "elasticsearch", "es-setup"},  # consumer group → bulk indexing
-}
-# The credentials each service needs, as the OUTBOX_* settings they fill.
-CREDENTIALS = {
-    "auth": {"OUTBOX_AUTH_TOKEN_SECRET", "OUTBOX_MONGO_URI"},
-    "api": {"OUTBOX_MONGO_URI", "OUTBOX_KAFKA_SASL_PASSWORD", "OUTBOX_ES_PASSWORD"},
-    "relay": {"OUTBOX_MONGO_URI", "OUTBOX_KAFKA_SASL_PASSWORD"},
-    "indexer": {"OUTBOX_KAFKA_SASL_PASSWORD", "OUTBOX_ES_PASSWORD"},
 }
 SECRET_NAME = re.compile(
     r"SECRET|PASSWORD|TOKEN(?!_TTL)|_KEY\b|CREDENTIAL|MONGO_URI", re.IGNORECASE
