@@ -37,20 +37,21 @@ WRITE_ROLES = frozenset({"writer", "admin"})
 log = structlog.get_logger(__name__)
 
 
-def auth_channel(settings: AuthSettings) -> grpc.aio.Channel:
-    """A channel to `settings.target`, over TLS when `tls_ca` is set."""
+def channel_credentials(settings: AuthSettings) -> grpc.ChannelCredentials | None:
+    """TLS credentials for the channel to the auth service, None for plaintext;
+    `ConfigurationError` for a half-configured or unreadable set."""
     client_pair = (settings.tls_client_cert, settings.tls_client_key)
     if settings.tls_ca is None:
         if client_pair != (None, None):
             raise ConfigurationError(
                 "OUTBOX_AUTH_TLS_CLIENT_CERT/_KEY need OUTBOX_AUTH_TLS_CA (TLS to the auth service)"
             )
-        return grpc.aio.insecure_channel(settings.target)
+        return None
     if (client_pair[0] is None) != (client_pair[1] is None):
         raise ConfigurationError(
             "set both OUTBOX_AUTH_TLS_CLIENT_CERT and OUTBOX_AUTH_TLS_CLIENT_KEY, or neither"
         )
-    credentials = grpc.ssl_channel_credentials(
+    return grpc.ssl_channel_credentials(
         root_certificates=read_pem(settings.tls_ca, "OUTBOX_AUTH_TLS_CA"),
         private_key=(
             read_pem(settings.tls_client_key, "OUTBOX_AUTH_TLS_CLIENT_KEY")
@@ -63,6 +64,13 @@ def auth_channel(settings: AuthSettings) -> grpc.aio.Channel:
             else None
         ),
     )
+
+
+def auth_channel(settings: AuthSettings) -> grpc.aio.Channel:
+    """A channel to `settings.target`, over TLS when `tls_ca` is set."""
+    credentials = channel_credentials(settings)
+    if credentials is None:
+        return grpc.aio.insecure_channel(settings.target)
     return grpc.aio.secure_channel(settings.target, credentials)
 
 

@@ -10,7 +10,7 @@ import structlog
 import uvicorn
 from fastapi import FastAPI
 
-from api.auth_client import GrpcAuthClient, auth_channel
+from api.auth_client import GrpcAuthClient, auth_channel, channel_credentials
 from api.documents import MongoDocumentStore
 from api.metrics import ApiMetrics
 from api.middleware import RequestMiddleware
@@ -100,6 +100,7 @@ def tls_files(settings: ApiSettings) -> tuple[str, str] | None:
 async def serve(settings: Settings) -> None:
     """Run the API until cancelled; on cancel, finish in-flight requests and the lifespan."""
     tls = tls_files(settings.api)
+    channel_credentials(settings.auth)  # a ConfigurationError now, not a failed lifespan
     config = uvicorn.Config(
         create_app(settings),
         host=settings.api.host,

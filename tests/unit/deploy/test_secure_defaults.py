@@ -90,14 +90,24 @@ def test_outbox_auth_in_prod_with_a_short_secret_exits_with_a_clear_message(
     assert short not in result.stderr
 
 
-def test_outbox_auth_refuses_half_a_tls_pair(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("command", "setting", "named"),
+    [
+        ("auth", "OUTBOX_AUTH_TLS_CERT", "OUTBOX_AUTH_TLS_KEY"),
+        ("api", "OUTBOX_API_TLS_KEY", "OUTBOX_API_TLS_CERT"),
+        ("api", "OUTBOX_AUTH_TLS_CLIENT_CERT", "OUTBOX_AUTH_TLS_CA"),
+    ],
+)
+def test_a_service_refuses_half_configured_tls_at_start(
+    tmp_path: Path, command: str, setting: str, named: str
+) -> None:
     result = run_outbox(
-        "auth",
-        env={"OUTBOX_ENV": "test", "OUTBOX_AUTH_TLS_CERT": str(tmp_path / "cert.pem")},
+        command,
+        env={"OUTBOX_ENV": "test", setting: str(tmp_path / "file.pem")},
         tmp_path=tmp_path,
     )
     assert result.returncode == 2
-    assert "OUTBOX_AUTH_TLS_KEY" in misconfiguration(result)
+    assert named in misconfiguration(result)
 
 
 def test_half_configured_tls_is_refused_everywhere(tmp_path: Path) -> None:
