@@ -1,4 +1,5 @@
-# outbox-pipeline. `make run` and `make test` work on a fresh machine: they create .venv.
+# outbox-pipeline. `make run` and `make test` work on a fresh machine: they create .venv
+# from uv.lock.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,10 +8,15 @@ DATA_DIR ?= .outbox-data
 
 .PHONY: run test test-unit test-integration lint format protos faults bench clean
 
-$(STAMP): pyproject.toml
+# Installs exactly what uv.lock pins (hashes checked): uv itself comes from the lock too,
+# bootstrapped once with pip, then `uv sync` makes the venv match the lock exactly.
+# `--locked` fails when pyproject.toml changed without `uv lock` (run `$(BIN)/uv lock`).
+$(STAMP): pyproject.toml uv.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	test -x $(BIN)/uv || { $(PYTHON) .ci/uv_requirements.py > $(VENV)/uv-requirements.txt \
+		&& $(BIN)/python -m pip install --quiet --require-hashes --only-binary=:all: \
+			-r $(VENV)/uv-requirements.txt; }
+	UV_PYTHON_DOWNLOADS=never $(BIN)/uv sync --quiet --locked --extra dev --python $(BIN)/python
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -1,5 +1,9 @@
 """The API's client of the gRPC auth service: Verify (with a short TTL cache) and Login.
 
+`auth_channel` opens the channel: TLS when `OUTBOX_AUTH_TLS_CA` is set (the server is
+verified against that CA), with a client certificate for mutual TLS when
+`OUTBOX_AUTH_TLS_CLIENT_CERT`/`_KEY` are set; plaintext otherwise.
+
 Every call has a deadline, so an unreachable auth service yields a 503 quickly, never a
 hang. A revoked token keeps working for at most `auth.verify_cache_seconds`.
 """
@@ -16,7 +20,7 @@ import structlog
 
 from api.problems import ProblemError, unauthorized
 from infra.errors import ServerUnreachableError
-from infra.settings import AuthSettings
+from infra.settings import AuthSettings, ConfigurationError, read_pem
 from protos.auth.v1 import auth_pb2, auth_pb2_grpc
 
 VERIFY_TIMEOUT_S = 2.0
@@ -31,6 +35,43 @@ ROLE_NAMES = {
 WRITE_ROLES = frozenset({"writer", "admin"})
 
 log = structlog.get_logger(__name__)
+
+
+def channel_credentials(settings: AuthSettings) -> grpc.ChannelCredentials | None:
+    """TLS credentials for the channel to the auth service, None for plaintext;
+    `ConfigurationError` for a half-configured or unreadable set."""
+    client_pair = (settings.tls_client_cert, settings.tls_client_key)
+    if settings.tls_ca is None:
+        if client_pair != (None, None):
+            raise ConfigurationError(
+                "OUTBOX_AUTH_TLS_CLIENT_CERT/_KEY need OUTBOX_AUTH_TLS_CA (TLS to the auth service)"
+            )
+        return None
+    if (client_pair[0] is None) != (client_pair[1] is None):
+        raise ConfigurationError(
+            "set both OUTBOX_AUTH_TLS_CLIENT_CERT and OUTBOX_AUTH_TLS_CLIENT_KEY, or neither"
+        )
+    return grpc.ssl_channel_credentials(
+        root_certificates=read_pem(settings.tls_ca, "OUTBOX_AUTH_TLS_CA"),
+        private_key=(
+            read_pem(settings.tls_client_key, "OUTBOX_AUTH_TLS_CLIENT_KEY")
+            if settings.tls_client_key is not None
+            else None
+        ),
+        certificate_chain=(
+            read_pem(settings.tls_client_cert, "OUTBOX_AUTH_TLS_CLIENT_CERT")
+            if settings.tls_client_cert is not None
+            else None
+        ),
+    )
+
+
+def auth_channel(settings: AuthSettings) -> grpc.aio.Channel:
+    """A channel to `settings.target`, over TLS when `tls_ca` is set."""
+    credentials = channel_credentials(settings)
+    if credentials is None:
+        return grpc.aio.insecure_channel(settings.target)
+    return grpc.aio.secure_channel(settings.target, credentials)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,12 +6,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Generator
 
-import grpc
 import structlog
 import uvicorn
 from fastapi import FastAPI
 
-from api.auth_client import GrpcAuthClient
+from api.auth_client import GrpcAuthClient, auth_channel, channel_credentials
 from api.document_store import MongoDocumentStore
 from api.metrics import ApiMetrics
 from api.middleware import RequestMiddleware
@@ -20,7 +19,7 @@ from api.routes import auth, documents, health, operator, search
 from infra.elastic import elastic_client
 from infra.errors import FatalError
 from infra.mongo import ensure_outbox_indexes, mongo_client
-from infra.settings import Settings
+from infra.settings import ApiSettings, ConfigurationError, Settings, read_pem
 from infra.tracing import Tracing, configure_tracing
 
 log = structlog.get_logger(__name__)
@@ -32,7 +31,7 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         mongo = mongo_client(settings.mongo, app_name="outbox-api")
-        auth_channel = grpc.aio.insecure_channel(settings.auth.target)
+        channel = auth_channel(settings.auth)
         es = elastic_client(settings.es)
         try:
             store = MongoDocumentStore(
@@ -40,15 +39,15 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
             )
             await ensure_outbox_indexes(mongo, settings.mongo)
             app.state.mongo = mongo
-            app.state.auth_channel = auth_channel
-            app.state.auth_client = GrpcAuthClient(auth_channel, settings.auth)
+            app.state.auth_channel = channel
+            app.state.auth_client = GrpcAuthClient(channel, settings.auth)
             app.state.es = es
             app.state.document_store = store
             log.info("api_started", auth_target=settings.auth.target)
             yield
         finally:
             await es.close()
-            await auth_channel.close(grace=None)
+            await channel.close(grace=None)
             await mongo.close()
             log.info("api_stopped")
 
@@ -57,6 +56,10 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         summary="Transactional writes to MongoDB, searched through Elasticsearch.",
         version="0.1.0",
         lifespan=lifespan,
+        # Off in prod unless OUTBOX_API_DOCS=true: the schema maps the attack surface.
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url="/redoc" if settings.docs_enabled else None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     app.state.settings = settings
     app.state.metrics = ApiMetrics()
@@ -82,12 +85,28 @@ class _Server(uvicorn.Server):
         yield
 
 
+def tls_files(settings: ApiSettings) -> tuple[str, str] | None:
+    """(certificate, key) for HTTPS, None for plain HTTP; `ConfigurationError` if half set
+    or unreadable."""
+    if settings.tls_cert is None and settings.tls_key is None:
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ConfigurationError("set both OUTBOX_API_TLS_CERT and OUTBOX_API_TLS_KEY, or neither")
+    read_pem(settings.tls_cert, "OUTBOX_API_TLS_CERT")  # a clear error before uvicorn's
+    read_pem(settings.tls_key, "OUTBOX_API_TLS_KEY")
+    return settings.tls_cert, settings.tls_key
+
+
 async def serve(settings: Settings) -> None:
     """Run the API until cancelled; on cancel, finish in-flight requests and the lifespan."""
+    tls = tls_files(settings.api)
+    channel_credentials(settings.auth)  # a ConfigurationError now, not a failed lifespan
     config = uvicorn.Config(
         create_app(settings),
         host=settings.api.host,
         port=settings.api.port,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
         log_config=None,
         access_log=False,  # RequestMiddleware logs one line per request
         lifespan="on",

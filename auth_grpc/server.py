@@ -1,5 +1,9 @@
 """The gRPC auth server: `AuthService`, the standard health service and reflection.
 
+TLS when `OUTBOX_AUTH_TLS_CERT`/`_KEY` are set (mutual TLS with `OUTBOX_AUTH_TLS_CLIENT_CA`);
+reflection unless OUTBOX_ENV=prod (or as `OUTBOX_AUTH_REFLECTION` says). This is the only
+service that reads the token signing secret, and it refuses a weak one in prod.
+
 `serve(settings)` runs until cancelled (`outbox auth`, `outbox dev`); `start_server`
 starts the same server in the running event loop and returns a handle (tests use it).
 Health reports NOT_SERVING until MongoDB answers and the indexes exist, then SERVING;
@@ -26,7 +30,7 @@ from infra.errors import RetriableError
 from infra.health import HealthServer
 from infra.mongo import MongoClient, mongo_client, ping
 from infra.retry import retrying
-from infra.settings import Settings
+from infra.settings import AuthSettings, ConfigurationError, Settings, read_pem
 from protos.auth.v1 import auth_pb2, auth_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -87,6 +91,8 @@ async def start_server(
     `hasher` overrides the argon2 parameters (tests use a cheap profile);
     `health_interval_s` is how often MongoDB is pinged to keep the health status current.
     """
+    token_secret = settings.auth.signing_secret(settings.env)  # before any I/O
+    credentials = server_credentials(settings.auth)
     host = settings.auth.host
     client = mongo_client(settings.mongo, app_name="outbox-auth")
     store = MongoUserStore(client, settings.mongo)
@@ -94,20 +100,24 @@ async def start_server(
     accounts = AccountService(
         store,
         hasher,
-        token_secret=settings.auth.token_secret.get_secret_value(),
+        token_secret=token_secret,
         token_ttl_seconds=settings.auth.token_ttl_seconds,
     )
     server = grpc.aio.server()
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        [AUTH_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    if settings.reflection_enabled:
+        reflection.enable_server_reflection(
+            [AUTH_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
     await _set_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)
     try:
-        bound_port = server.add_insecure_port(
-            f"{host}:{settings.auth.port if port is None else port}"
+        address = f"{host}:{settings.auth.port if port is None else port}"
+        bound_port = (
+            server.add_secure_port(address, credentials)
+            if credentials is not None
+            else server.add_insecure_port(address)
         )
         await server.start()
         handle = AuthServer(server=server, port=bound_port, host=host, client=client, health=health)
@@ -124,8 +134,44 @@ async def start_server(
         raise
     await _set_health(health, health_pb2.HealthCheckResponse.SERVING)
     handle._monitor = asyncio.create_task(_monitor_mongo(handle, settings, health_interval_s))
-    log.info("auth_server_started", target=handle.target)
+    log.info(
+        "auth_server_started",
+        target=handle.target,
+        tls=credentials is not None,
+        mutual_tls=settings.auth.tls_client_ca is not None,
+        reflection=settings.reflection_enabled,
+    )
     return handle
+
+
+def server_credentials(settings: AuthSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from `tls_cert`/`tls_key` (and `tls_client_ca` for mutual TLS), or
+    None for plaintext; `ConfigurationError` for a half-configured or unreadable set."""
+    if settings.tls_cert is None and settings.tls_key is None:
+        if settings.tls_client_ca is not None:
+            raise ConfigurationError(
+                "OUTBOX_AUTH_TLS_CLIENT_CA needs OUTBOX_AUTH_TLS_CERT and OUTBOX_AUTH_TLS_KEY"
+            )
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ConfigurationError(
+            "set both OUTBOX_AUTH_TLS_CERT and OUTBOX_AUTH_TLS_KEY, or neither"
+        )
+    client_ca = (
+        read_pem(settings.tls_client_ca, "OUTBOX_AUTH_TLS_CLIENT_CA")
+        if settings.tls_client_ca is not None
+        else None
+    )
+    return grpc.ssl_server_credentials(
+        [
+            (
+                read_pem(settings.tls_key, "OUTBOX_AUTH_TLS_KEY"),
+                read_pem(settings.tls_cert, "OUTBOX_AUTH_TLS_CERT"),
+            )
+        ],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 async def serve(settings: Settings) -> None:

@@ -7,7 +7,7 @@ from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 from elasticsearch import ConnectionError as EsConnectionError
 
 from infra.errors import FatalError, RetriableError, ServerUnreachableError
-from infra.settings import ElasticSettings
+from infra.settings import ElasticSettings, redact_uri
 
 
 def elastic_client(settings: ElasticSettings) -> AsyncElasticsearch:
@@ -31,7 +31,9 @@ async def ping(client: AsyncElasticsearch, settings: ElasticSettings) -> None:
     try:
         await client.info()
     except (TransportError, ApiError) as e:
-        raise ServerUnreachableError(f"Elasticsearch at {settings.url} is unreachable: {e}") from e
+        raise ServerUnreachableError(
+            f"Elasticsearch at {redact_uri(settings.url)} is unreachable: {e}"
+        ) from e
 
 
 def is_retriable_status(status: int) -> bool:

@@ -1,7 +1,8 @@
 """Health, readiness with stall detection, and Prometheus metrics for the worker services.
 
-The relay and the indexer have no web framework; this is a deliberately tiny asyncio HTTP
-server on their metrics port answering three GETs:
+The relay, the indexer and the auth service have no web framework of their own; this is
+aiohttp's server (already a dependency: the Elasticsearch client's transport) on their
+metrics port, answering three GETs (and HEADs):
 
 - `/healthz`: 200 while the process runs (liveness).
 - `/readyz`: 200 when the stage is making progress, 503 with the reason when a dependency
@@ -13,18 +14,18 @@ server on their metrics port answering three GETs:
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import orjson
 import structlog
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 log = structlog.get_logger(__name__)
 
-MAX_REQUEST_LINE = 8192
+# On stop, requests in flight get this long; probes and scrapes take milliseconds.
+SHUTDOWN_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -67,50 +68,46 @@ class HealthServer:
         self._host = host
         self._port = port
         self._readiness = readiness
-        self._server: asyncio.Server | None = None
+        self._runner: web.AppRunner | None = None
 
     @property
     def port(self) -> int:
-        if self._server is None or not self._server.sockets:
+        """The bound port (the real one when constructed with 0)."""
+        if self._runner is None or not self._runner.addresses:
             return self._port
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(self._runner.addresses[0][1])
 
     async def __aenter__(self) -> HealthServer:
-        self._server = await asyncio.start_server(self._handle, self._host, self._port)
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        # No access log: probes every few seconds would drown the service's own lines.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self._host, self._port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
         log.info("health_server_started", port=self.port)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request_line = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass  # headers are not needed
-            status, content_type, body = await self._route(request_line[:MAX_REQUEST_LINE])
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass  # a client that hangs up or never speaks gets nothing
-        finally:
-            writer.close()
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
 
-    async def _route(self, request_line: bytes) -> tuple[str, str, bytes]:
-        parts = request_line.decode(errors="replace").split()
-        path = parts[1].split("?")[0] if len(parts) >= 2 else ""
-        if path == "/healthz":
-            return "200 OK", "application/json", b'{"status":"ok"}'
-        if path == "/readyz":
-            ready, detail = await self._readiness()
-            body = orjson.dumps({"status": "ok" if ready else "unavailable", "detail": detail})
-            return ("200 OK" if ready else "503 Service Unavailable"), "application/json", body
-        if path == "/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, generate_latest()
-        return "404 Not Found", "application/json", b'{"status":"not found"}'
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ready, detail = await self._readiness()
+        return web.json_response(
+            {"status": "ok" if ready else "unavailable", "detail": detail},
+            status=200 if ready else 503,
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -31,13 +31,31 @@ from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from infra.envelope import KafkaMessage
 from infra.errors import FatalError, RetriableError, ServerUnreachableError
-from infra.settings import KafkaSettings
+from infra.settings import ConfigurationError, KafkaSettings
 
 log = structlog.get_logger(__name__)
 
 
 def base_config(settings: KafkaSettings) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.bootstrap, **settings.extra}
+    """Bootstrap, security (SASL / TLS) and the extra librdkafka settings, secrets revealed."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap,
+        "security.protocol": settings.security_protocol.lower(),
+    }
+    if settings.security_protocol.startswith("SASL"):
+        if not settings.sasl_username or settings.sasl_password is None:
+            raise ConfigurationError(
+                f"OUTBOX_KAFKA_SECURITY_PROTOCOL={settings.security_protocol} needs "
+                "OUTBOX_KAFKA_SASL_USERNAME and OUTBOX_KAFKA_SASL_PASSWORD"
+            )
+        config |= {
+            "sasl.mechanism": settings.sasl_mechanism,
+            "sasl.username": settings.sasl_username,
+            "sasl.password": settings.sasl_password.get_secret_value(),
+        }
+    if settings.ca_certs:
+        config["ssl.ca.location"] = settings.ca_certs
+    return config | {key: value.get_secret_value() for key, value in settings.extra.items()}
 
 
 def producer_config(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]:

@@ -39,10 +39,22 @@ def configure_logging(settings: LogSettings, *, service: str) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # Libraries log through the standard library: same format, same stream, less noise.
+    # Libraries log through the standard library: same pipeline, same stream, less noise.
+    # Their records get the shared processors plus the logger's name and the traceback as
+    # text (the record's exc_info tuple would otherwise be rendered as a useless repr);
+    # `remove_processors_meta` drops ProcessorFormatter's own `_record`/`_from_structlog`.
+    foreign_pre_chain: list[structlog.typing.Processor] = [
+        *shared,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+    ]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(processors=[*shared, renderer], foreign_pre_chain=[])
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=foreign_pre_chain,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -16,7 +16,7 @@ MongoClient: TypeAlias = AsyncMongoClient[dict[str, Any]]
 def mongo_client(settings: MongoSettings, *, app_name: str) -> MongoClient:
     """An `AsyncMongoClient` (PyMongo's async API, Motor's successor); connects lazily."""
     return AsyncMongoClient(
-        settings.uri,
+        settings.uri.get_secret_value(),
         appname=app_name,
         tz_aware=True,
         serverSelectionTimeoutMS=settings.server_selection_timeout_ms,
@@ -29,18 +29,8 @@ async def ping(client: MongoClient, settings: MongoSettings) -> None:
         await client.admin.command("ping")
     except PyMongoError as e:
         raise ServerUnreachableError(
-            f"MongoDB at {redact_uri(settings.uri)} is unreachable: {e}"
+            f"MongoDB at {settings.display_uri} is unreachable: {e}"
         ) from e
-
-
-def redact_uri(uri: str) -> str:
-    """The URI without its password, fit for logs and error messages."""
-    scheme, sep, rest = uri.partition("://")
-    credentials, at, hosts = rest.rpartition("@")
-    if not at:
-        return uri
-    user = credentials.partition(":")[0]
-    return f"{scheme}{sep}{user}:***@{hosts}"
 
 
 def map_mongo_error(e: PyMongoError) -> RetriableError | FatalError:

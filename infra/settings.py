@@ -3,29 +3,76 @@
 Sections map to variable names with one underscore after the section name, so
 `OUTBOX_MONGO_URI` sets `mongo.uri` and `OUTBOX_RELAY_BATCH_MAX_EVENTS` sets
 `relay.batch_max_events`. Every default works with `outbox dev`.
+
+A variable can also come from a file of the same name in `OUTBOX_SECRETS_DIR` (default
+`/run/secrets`, where compose and Kubernetes mount secrets): the file
+`/run/secrets/OUTBOX_AUTH_TOKEN_SECRET` sets `auth.token_secret`. Environment variables
+win over files. Values that can hold a password (the MongoDB URI, Kafka's SASL password
+and extra librdkafka settings, the Elasticsearch password, the token secret) are
+`SecretStr`: they print as `**********`, and `redact_uri` shows a URI without its password.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    NestedSecretsSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEV_TOKEN_SECRET = "dev-only-token-secret-change-me-0123456789"  # noqa: S105 - refused outside dev
+# HS256 keys shorter than the hash output (32 bytes) are brute-forceable offline from one
+# token (RFC 7518 section 3.2 requires at least this much).
+MIN_TOKEN_SECRET_BYTES = 32
+DEFAULT_SECRETS_DIR = "/run/secrets"
+
+
+class ConfigurationError(ValueError):
+    """A setting the service cannot run with; the message says which and how to fix it."""
+
+
+def read_pem(path: str, setting: str) -> bytes:
+    """A certificate or key file a setting names; `ConfigurationError` when unreadable."""
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as e:
+        raise ConfigurationError(f"{setting}={path} cannot be read: {e.strerror}") from e
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without its password, fit for logs, error messages and API answers."""
+    scheme, sep, rest = uri.partition("://")
+    authority, slash, tail = rest.partition("/")
+    credentials, at, hosts = authority.rpartition("@")
+    if not at:
+        return uri
+    user = credentials.partition(":")[0]
+    return f"{scheme}{sep}{user}:***@{hosts}{slash}{tail}"
 
 
 class MongoSettings(BaseModel):
     """MongoDB: the source of truth. Needs a replica set (transactions, change streams)."""
 
-    uri: str = "mongodb://127.0.0.1:27017/?directConnection=true"
+    # A secret: it carries the password when the server has users.
+    uri: SecretStr = SecretStr("mongodb://127.0.0.1:27017/?directConnection=true")
     database: str = "outbox"
     outbox_collection: str = "outbox"
     users_collection: str = "users"
     server_selection_timeout_ms: int = 5000
     outbox_ttl_days: float = Field(default=7.0, gt=0)
+
+    @property
+    def display_uri(self) -> str:
+        """The URI with its password masked."""
+        return redact_uri(self.uri.get_secret_value())
 
 
 class KafkaSettings(BaseModel):
@@ -37,7 +84,15 @@ class KafkaSettings(BaseModel):
     replication_factor: int = Field(default=1, ge=1)
     # Large enough for the biggest document the API accepts plus headers.
     message_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
-    extra: dict[str, str] = Field(default_factory=dict)  # passed to librdkafka as is (SASL, TLS)
+    # SASL (SCRAM or PLAIN) over `security_protocol`; the password is a secret.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ca_certs: str | None = None  # PEM of a private CA for SSL / SASL_SSL (ssl.ca.location)
+    # Passed to librdkafka as is; every value is held as a secret (a key password, an
+    # OAuth client secret can be among them).
+    extra: dict[str, SecretStr] = Field(default_factory=dict)
 
     def event_topic(self, collection: str) -> str:
         """`outbox.event.<collection>`: one topic per REST collection."""
@@ -60,7 +115,7 @@ class KafkaSettings(BaseModel):
 class ElasticSettings(BaseModel):
     """Elasticsearch (`OUTBOX_ES_*`)."""
 
-    url: str = "http://127.0.0.1:9200"
+    url: str = "http://127.0.0.1:9200"  # credentials go in username/password, not here
     index_prefix: str = "outbox-"
     username: str | None = None
     password: SecretStr | None = None
@@ -80,11 +135,43 @@ class AuthSettings(BaseModel):
     target: str = "127.0.0.1:50051"
     host: str = "127.0.0.1"
     port: int = 50051
+    # Only the auth service reads it (`signing_secret`): the API verifies through gRPC.
     token_secret: SecretStr = SecretStr(DEV_TOKEN_SECRET)
     token_ttl_seconds: int = Field(default=3600, ge=60)
     verify_cache_seconds: float = Field(default=5.0, ge=0)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9103
+    # Server side (`outbox auth`): TLS when both are set; with `tls_client_ca`, clients
+    # must present a certificate that CA signed (mutual TLS).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    # Client side (the API): TLS when `tls_ca` is set, verifying the server against it; a
+    # client certificate and key for mutual TLS.
+    tls_ca: str | None = None
+    tls_client_cert: str | None = None
+    tls_client_key: str | None = None
+    # gRPC server reflection; unset means on, except when OUTBOX_ENV=prod.
+    reflection: bool | None = None
+
+    def signing_secret(self, env: str) -> str:
+        """The token secret, refused when OUTBOX_ENV=prod and it is the built-in dev value
+        or shorter than `MIN_TOKEN_SECRET_BYTES`; raises `ConfigurationError`."""
+        secret = self.token_secret.get_secret_value()
+        if env != "prod":
+            return secret
+        if secret == DEV_TOKEN_SECRET:
+            raise ConfigurationError(
+                "OUTBOX_AUTH_TOKEN_SECRET is not set (the built-in development value is "
+                "refused when OUTBOX_ENV=prod); generate one with `openssl rand -hex 32`"
+            )
+        if len(secret.encode()) < MIN_TOKEN_SECRET_BYTES:
+            raise ConfigurationError(
+                f"OUTBOX_AUTH_TOKEN_SECRET is {len(secret.encode())} bytes; at least "
+                f"{MIN_TOKEN_SECRET_BYTES} are required when OUTBOX_ENV=prod "
+                "(generate one with `openssl rand -hex 32`)"
+            )
+        return secret
 
 
 class ApiSettings(BaseModel):
@@ -94,6 +181,11 @@ class ApiSettings(BaseModel):
     port: int = 8000
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_depth: int = Field(default=32, ge=1)
+    # HTTPS when both are set (uvicorn's ssl_certfile / ssl_keyfile).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # /docs, /redoc and /openapi.json; unset means on, except when OUTBOX_ENV=prod.
+    docs: bool | None = None
 
 
 class RelaySettings(BaseModel):
@@ -149,6 +241,7 @@ class Settings(BaseSettings):
     )
 
     env: Literal["dev", "test", "prod"] = "dev"
+    secrets_dir: str = DEFAULT_SECRETS_DIR  # OUTBOX_SECRETS_DIR, read before the rest
     mongo: MongoSettings = MongoSettings()
     kafka: KafkaSettings = KafkaSettings()
     es: ElasticSettings = ElasticSettings()
@@ -158,16 +251,35 @@ class Settings(BaseSettings):
     indexer: IndexerSettings = IndexerSettings()
     log: LogSettings = LogSettings()
 
-    @model_validator(mode="after")
-    def _refuse_dev_secret_in_prod(self) -> Settings:
-        if self.env == "prod" and self.auth.token_secret.get_secret_value() == DEV_TOKEN_SECRET:
-            raise ValueError("OUTBOX_AUTH_TOKEN_SECRET must be set when OUTBOX_ENV=prod")
-        return self
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment, then `.env`, then one file per variable in OUTBOX_SECRETS_DIR."""
+        secrets = NestedSecretsSettingsSource(
+            file_secret_settings,
+            secrets_dir=os.environ.get("OUTBOX_SECRETS_DIR", DEFAULT_SECRETS_DIR),
+            secrets_dir_missing="ok",
+        )
+        return init_settings, env_settings, dotenv_settings, secrets
+
+    @property
+    def reflection_enabled(self) -> bool:
+        return self.auth.reflection if self.auth.reflection is not None else self.env != "prod"
+
+    @property
+    def docs_enabled(self) -> bool:
+        return self.api.docs if self.api.docs is not None else self.env != "prod"
 
 
 def settings_to_env(settings: Settings) -> dict[str, str]:
     """`OUTBOX_*` variables that rebuild `settings` in a child process (tests, `outbox dev`)."""
-    env: dict[str, str] = {"OUTBOX_ENV": settings.env}
+    env: dict[str, str] = {"OUTBOX_ENV": settings.env, "OUTBOX_SECRETS_DIR": settings.secrets_dir}
     for section_name in type(settings).model_fields:
         section = getattr(settings, section_name)
         if not isinstance(section, BaseModel):
@@ -179,8 +291,14 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
             if isinstance(value, SecretStr):
                 text = value.get_secret_value()
             elif isinstance(value, list | dict):
-                text = json.dumps(value)
+                text = json.dumps(value, default=_reveal)
             else:
                 text = str(value)
             env[f"OUTBOX_{section_name.upper()}_{field_name.upper()}"] = text
     return env
+
+
+def _reveal(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

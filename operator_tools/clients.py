@@ -10,6 +10,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
+from pydantic import SecretStr
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
@@ -17,7 +18,7 @@ from infra.elastic import elastic_client
 from infra.errors import ServerUnreachableError
 from infra.kafka import admin_client
 from infra.mongo import MongoClient, mongo_client
-from infra.settings import Settings
+from infra.settings import Settings, redact_uri
 
 # Operators want an answer in seconds, not the services' patient defaults.
 CONNECT_TIMEOUT_S = 3.0
@@ -34,7 +35,7 @@ def operator_settings(settings: Settings) -> Settings:
     )
     kafka = settings.kafka.model_copy(
         # librdkafka prints every failed connection attempt; the command reports it once.
-        update={"extra": {"log_level": "0", **settings.kafka.extra}}
+        update={"extra": {"log_level": SecretStr("0"), **settings.kafka.extra}}
     )
     return settings.model_copy(update={"mongo": mongo, "kafka": kafka})
 
@@ -56,7 +57,7 @@ class OperatorClients:
             await self.mongo.admin.command("ping")
         except PyMongoError as e:
             raise ServerUnreachableError(
-                f"MongoDB at {self.settings.mongo.uri} is unreachable ({type(e).__name__})"
+                f"MongoDB at {self.settings.mongo.display_uri} is unreachable ({type(e).__name__})"
             ) from e
 
     async def ping_es(self) -> None:
@@ -64,7 +65,8 @@ class OperatorClients:
             await self.es.options(request_timeout=CONNECT_TIMEOUT_S).info()
         except (TransportError, ApiError) as e:
             raise ServerUnreachableError(
-                f"Elasticsearch at {self.settings.es.url} is unreachable ({type(e).__name__})"
+                f"Elasticsearch at {redact_uri(self.settings.es.url)} is unreachable "
+                f"({type(e).__name__})"
             ) from e
 
     async def ping_kafka(self) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from pydantic import SecretStr
 from rich.console import Console
 
 from infra.devstack import (
@@ -25,7 +26,7 @@ from infra.devstack import (
     port_in_use,
 )
 from infra.logging import configure_logging
-from infra.settings import Settings, settings_to_env
+from infra.settings import Settings, redact_uri, settings_to_env
 from outbox_cli.supervisor import ServiceSpec, ServiceStartError, Supervisor, child_env
 
 log = structlog.get_logger(__name__)
@@ -167,7 +168,7 @@ async def run_dev(data_dir: Path, *, free_ports: bool, external: bool) -> None:
     api_port = _port(base.api.port, free_ports)
     settings = base.model_copy(
         update={
-            "mongo": base.mongo.model_copy(update={"uri": stack.mongo_uri})
+            "mongo": base.mongo.model_copy(update={"uri": SecretStr(stack.mongo_uri)})
             if stack
             else base.mongo,
             "kafka": base.kafka.model_copy(update={"bootstrap": stack.kafka_bootstrap})
@@ -200,9 +201,9 @@ async def run_dev(data_dir: Path, *, free_ports: bool, external: bool) -> None:
         endpoints = Endpoints(
             api_url=f"http://{settings.api.host}:{settings.api.port}",
             auth_target=settings.auth.target,
-            mongo_uri=settings.mongo.uri,
+            mongo_uri=settings.mongo.display_uri,  # no password in a file or on the screen
             kafka_bootstrap=settings.kafka.bootstrap,
-            es_url=settings.es.url,
+            es_url=redact_uri(settings.es.url),
             metrics=_metrics_urls(settings),
         )
         path = endpoints.write(data_dir)

@@ -37,7 +37,7 @@ from rich.text import Text
 
 from infra.errors import PipelineError, RetriableError, ServerUnreachableError
 from infra.logging import configure_logging
-from infra.settings import Settings
+from infra.settings import Settings, redact_uri
 
 if TYPE_CHECKING:
     from operator_tools.clients import OperatorClients
@@ -139,9 +139,11 @@ def run_ops(
     except ServerUnreachableError as e:
         _fail(str(e), EXIT_UNREACHABLE)
     except ConnectionFailure as e:
-        _fail(f"MongoDB at {settings.mongo.uri} is unreachable: {e}", EXIT_UNREACHABLE)
+        _fail(f"MongoDB at {settings.mongo.display_uri} is unreachable: {e}", EXIT_UNREACHABLE)
     except EsConnectionError as e:
-        _fail(f"Elasticsearch at {settings.es.url} is unreachable: {e}", EXIT_UNREACHABLE)
+        _fail(
+            f"Elasticsearch at {redact_uri(settings.es.url)} is unreachable: {e}", EXIT_UNREACHABLE
+        )
     except RetriableError as e:
         _fail(f"{e} (a server is unavailable; try again)", EXIT_UNREACHABLE)
     except (PipelineError, ValueError) as e:

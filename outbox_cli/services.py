@@ -9,15 +9,24 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from infra.logging import configure_logging
-from infra.settings import Settings
+from infra.settings import ConfigurationError, Settings
 
 Serve = Callable[[Settings], Awaitable[None]]
+EXIT_MISCONFIGURED = 2
 
 
 def run_service(name: str, serve: Serve, settings: Settings) -> None:
-    """Configure logging, run `serve(settings)`, turn SIGTERM/SIGINT into a clean cancel."""
+    """Configure logging, run `serve(settings)`, turn SIGTERM/SIGINT into a clean cancel.
+
+    A setting the service cannot run with (a weak token secret in prod, half a TLS pair)
+    ends it with one log line naming the setting and exit code 2, not a traceback.
+    """
     configure_logging(settings.log, service=name)
-    asyncio.run(_main(name, serve, settings))
+    try:
+        asyncio.run(_main(name, serve, settings))
+    except ConfigurationError as e:
+        structlog.get_logger(name).error("service_misconfigured", error=str(e))
+        raise SystemExit(EXIT_MISCONFIGURED) from None
 
 
 async def _main(name: str, serve: Serve, settings: Settings) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import SecretStr
 
 from auth_grpc.server import start_server
 from infra.devstack import free_port, mongo_server, mongo_uri
@@ -38,7 +39,7 @@ async def test_health_and_calls_follow_mongodb_going_away_and_coming_back(
     own = settings.model_copy(
         update={
             "mongo": settings.mongo.model_copy(
-                update={"uri": mongo_uri(port), "server_selection_timeout_ms": 300}
+                update={"uri": SecretStr(mongo_uri(port)), "server_selection_timeout_ms": 300}
             )
         }
     )

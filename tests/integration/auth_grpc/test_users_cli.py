@@ -6,6 +6,7 @@ import asyncio
 
 import argon2
 import pytest
+from pydantic import SecretStr
 from typer.testing import CliRunner, Result
 
 from infra.devstack import free_port
@@ -108,7 +109,7 @@ async def test_unreachable_mongodb_is_a_clear_error_with_exit_code_1(settings: S
         update={
             "mongo": settings.mongo.model_copy(
                 update={
-                    "uri": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+                    "uri": SecretStr(f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"),
                     "server_selection_timeout_ms": 300,
                 }
             )

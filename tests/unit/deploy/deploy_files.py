@@ -24,12 +24,37 @@ from infra.settings import Settings, settings_to_env
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "compose.yaml"
 PORTS_OVERRIDE_FILE = ROOT / "deploy" / "compose.ports.yaml"
-ES_SECURITY_OVERRIDE_FILE = ROOT / "deploy" / "compose.es-security.yaml"
+SECRETS_SCRIPT = ROOT / "deploy" / "compose_secrets.py"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 INFRA_SERVICES = ("mongo", "kafka", "elasticsearch")
 APP_SERVICES = ("auth", "api", "relay", "indexer")
+K8S_DIR = ROOT / "deploy" / "k8s"
+
+# The credentials each service needs, as the OUTBOX_* settings they fill (compose mounts
+# them as secret files, Kubernetes as keys of the Secret outbox-secrets).
+CREDENTIALS = {
+    "auth": {"OUTBOX_AUTH_TOKEN_SECRET", "OUTBOX_MONGO_URI"},
+    "api": {"OUTBOX_MONGO_URI", "OUTBOX_KAFKA_SASL_PASSWORD", "OUTBOX_ES_PASSWORD"},
+    "relay": {"OUTBOX_MONGO_URI", "OUTBOX_KAFKA_SASL_PASSWORD"},
+    "indexer": {"OUTBOX_KAFKA_SASL_PASSWORD", "OUTBOX_ES_PASSWORD"},
+}
+# Where each service answers /healthz and /readyz: the setting holding the port.
+PROBE_PORT_SETTING = {
+    "auth": "OUTBOX_AUTH_METRICS_PORT",
+    "api": "OUTBOX_API_PORT",
+    "relay": "OUTBOX_RELAY_METRICS_PORT",
+    "indexer": "OUTBOX_INDEXER_METRICS_PORT",
+}
+# Resident memory measured with deploy/measure_rss.py under `outbox dev` (MiB):
+# idle, and peak over 3000 writes plus searches (docs/deploying.md, "Resources").
+MEASURED_RSS_MIB = {
+    "api": (118, 120),
+    "auth": (103, 168),
+    "relay": (99, 99),
+    "indexer": (96, 108),
+}
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -97,6 +122,17 @@ def environment(service: Mapping[str, Any]) -> dict[str, str]:
     if isinstance(env, list):
         return dict(item.split("=", 1) for item in env)
     return {str(key): "" if value is None else str(value) for key, value in env.items()}
+
+
+def mounted_secrets(service: Mapping[str, Any]) -> dict[str, str]:
+    """A service's `secrets:` as {file name under /run/secrets: top-level secret name}."""
+    mounted: dict[str, str] = {}
+    for entry in service.get("secrets") or []:
+        if isinstance(entry, str):
+            mounted[entry] = entry
+        else:
+            mounted[str(entry.get("target") or entry["source"])] = str(entry["source"])
+    return mounted
 
 
 def depends_on(service: Mapping[str, Any]) -> dict[str, str]:

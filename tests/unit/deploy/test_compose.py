@@ -1,29 +1,31 @@
-"""compose.yaml runs the real servers and the four services, wired the way the code reads it.
+"""compose.yaml runs the real servers with authentication and the four services, wired the
+way the code reads it, with credentials only in mounted secret files.
 
-No Docker engine here: these checks read the file and hold it against the project's own
-settings, commands and probes.
+No Docker engine here: these checks read the file, generate the secret files with the
+project's own script, and hold both against the project's settings, commands and probes.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 import typer.main
 
+from deploy.compose_secrets import KAFKA_APP_USER, MONGO_APP_USER, generate
 from infra.settings import DEV_TOKEN_SECRET, KafkaSettings, Settings, settings_to_env
 from outbox_cli.main import app
 from tests.unit.deploy.deploy_files import (
     APP_SERVICES,
     COMPOSE_FILE,
+    CREDENTIALS,
     DOCKERFILE,
-    ES_SECURITY_OVERRIDE_FILE,
     INFRA_SERVICES,
     PORTS_OVERRIDE_FILE,
     ROOT,
-    MissingVariableError,
     command_option,
     depends_on,
     dockerfile_stages,
@@ -31,11 +33,10 @@ from tests.unit.deploy.deploy_files import (
     healthcheck_command,
     host_port,
     interpolate,
-    interpolations,
     kafka_listeners,
     load_yaml,
-    merge_compose,
     mongo_uri_parts,
+    mounted_secrets,
     published_ports,
     setting_names,
 )
@@ -43,22 +44,18 @@ from tests.unit.deploy.deploy_files import (
 # What each service talks to, so what it must wait for.
 NEEDS = {
     "auth": {"mongo"},  # users live in MongoDB
-    "api": {"mongo", "elasticsearch", "auth"},  # writes, search, token verification
+    "api": {"mongo", "elasticsearch", "es-setup", "auth"},  # writes, search, verification
     "relay": {"mongo", "kafka"},  # change stream → Kafka transactions
-    "indexer": {"kafka", "elasticsearch"},  # consumer group → bulk indexing
+    "indexer": {"kafka", "elasticsearch", "es-setup"},  # consumer group → bulk indexing
 }
-SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN(?!_TTL)|_KEY\b|CREDENTIAL", re.IGNORECASE)
-A_SECRET = "s" * 48
-SECRETS = {"OUTBOX_AUTH_TOKEN_SECRET": A_SECRET, "ELASTIC_PASSWORD": "e" * 24}
+SECRET_NAME = re.compile(
+    r"SECRET|PASSWORD|TOKEN(?!_TTL)|_KEY\b|CREDENTIAL|MONGO_URI", re.IGNORECASE
+)
 
 
-@pytest.fixture(scope="module", params=["compose.yaml", "with deploy/compose.es-security.yaml"])
-def compose(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """compose.yaml alone, and with the documented Elasticsearch-security override."""
-    base = load_yaml(COMPOSE_FILE)
-    if request.param == "compose.yaml":
-        return base
-    return merge_compose(base, load_yaml(ES_SECURITY_OVERRIDE_FILE))
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_yaml(COMPOSE_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -66,19 +63,72 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return compose["services"]  # type: ignore[no-any-return]
 
 
+@pytest.fixture(scope="module")
+def secret_files(
+    compose: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Top-level secret name → the file deploy/compose_secrets.py wrote for it."""
+    directory = tmp_path_factory.mktemp("compose") / "secrets"
+    written = generate(directory)
+    files = {}
+    for name, spec in compose["secrets"].items():
+        path = Path(spec["file"])
+        assert path.parent == Path("secrets"), f"{name}: not under ./secrets"
+        files[name] = written[path.name]
+    return files
+
+
 def app_env(services: dict[str, dict[str, Any]], name: str) -> dict[str, str]:
-    """A service's OUTBOX_* values as the container sees them (the secret supplied)."""
-    return {key: interpolate(value, SECRETS) for key, value in environment(services[name]).items()}
+    """A service's environment values as the container sees them."""
+    return {key: interpolate(value, {}) for key, value in environment(services[name]).items()}
+
+
+def secret_values(
+    services: dict[str, dict[str, Any]], name: str, secret_files: dict[str, Path]
+) -> dict[str, str]:
+    """What a service finds in /run/secrets, by file name."""
+    return {
+        target: secret_files[source].read_text().strip()
+        for target, source in mounted_secrets(services[name]).items()
+    }
 
 
 def setting(env: dict[str, str], name: str) -> str:
     """The value a service gets: the compose value, else the image's, else the default."""
-    default = settings_to_env(Settings(_env_file=None))
-    return env.get(name, image_env().get(name, default[name]))
+    default = settings_to_env(Settings(_env_file=None))  # type: ignore[call-arg]
+    if name in env:
+        return env[name]
+    return image_env().get(name, default.get(name, ""))
 
 
 def image_env() -> dict[str, str]:
     return dockerfile_stages(DOCKERFILE.read_text())[-1].env()
+
+
+@pytest.fixture
+def container_settings(
+    services: dict[str, dict[str, Any]],
+    secret_files: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> Any:
+    """`build(name)`: the Settings a service builds in its container, from the image's and
+    compose's environment and its /run/secrets (a directory of the mounted files)."""
+
+    def build(name: str) -> Settings:
+        for key in [key for key in os.environ if key.startswith("OUTBOX_")]:
+            monkeypatch.delenv(key)
+        run_secrets = tmp_path / name / "run-secrets"
+        run_secrets.mkdir(parents=True)
+        for target, value in secret_values(services, name, secret_files).items():
+            (run_secrets / target).write_text(value)
+        for key, value in {**image_env(), **app_env(services, name)}.items():
+            if key.startswith("OUTBOX_"):
+                monkeypatch.setenv(key, value)
+        monkeypatch.setenv("OUTBOX_SECRETS_DIR", str(run_secrets))
+        return Settings(_env_file=None)  # type: ignore[call-arg]
+
+    return build
 
 
 def test_compose_is_a_compose_spec_file_with_every_service(compose: dict[str, Any]) -> None:
@@ -88,37 +138,62 @@ def test_compose_is_a_compose_spec_file_with_every_service(compose: dict[str, An
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
-def test_every_outbox_variable_is_a_real_setting(
+def test_every_outbox_variable_and_secret_file_is_a_real_setting(
     services: dict[str, dict[str, Any]], name: str
 ) -> None:
-    """A misspelt OUTBOX_* name would be ignored silently (extra="ignore"); none is."""
+    """A misspelt OUTBOX_* name would be ignored silently (extra="ignore"); none is, neither
+    in the environment nor as a mounted secret's file name."""
     outbox_vars = {key for key in environment(services[name]) if key.startswith("OUTBOX_")}
     assert outbox_vars, f"{name} sets no OUTBOX_* variable"
     assert outbox_vars - setting_names() == set()
+    assert set(mounted_secrets(services[name])) - setting_names() == set()
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
-def test_the_compose_environment_builds_the_intended_prod_settings(
-    services: dict[str, dict[str, Any]], name: str, monkeypatch: pytest.MonkeyPatch
+def test_the_container_builds_the_intended_prod_settings(
+    services: dict[str, dict[str, Any]],
+    secret_files: dict[str, Path],
+    container_settings: Any,
+    name: str,
 ) -> None:
-    """Every value parses (types, literals, the prod secret rule) into what compose says."""
-    env = app_env(services, name)
-    for key in [key for key in os.environ if key.startswith("OUTBOX_")]:
-        monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    built = settings_to_env(Settings(_env_file=None))
-    assert built["OUTBOX_ENV"] == "prod"
-    assert {key: built[key] for key in env if key.startswith("OUTBOX_")} == {
-        key: value for key, value in env.items() if key.startswith("OUTBOX_")
-    }
+    """Environment and secret files parse (types, literals) into exactly what compose says,
+    in prod; the auth service's signing secret passes the prod rule."""
+    built = container_settings(name)
+    assert built.env == "prod"
+    rebuilt = settings_to_env(built)
+    expected = {**app_env(services, name), **secret_values(services, name, secret_files)}
+    assert {key: rebuilt[key] for key in expected} == expected
+    if name == "auth":
+        built.auth.signing_secret(built.env)
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
-def test_app_services_run_real_outbox_commands_from_one_image(
+def test_credentials_come_only_from_secret_files(
     services: dict[str, dict[str, Any]], name: str
 ) -> None:
-    """`command:` is the service's own `outbox` subcommand; all four share one build."""
+    """No password, URI with a password or signing key in `environment:` (visible in
+    `docker inspect`); each service mounts exactly the credentials it uses, and only auth
+    gets the token signing secret."""
+    for key in environment(services[name]):
+        assert not SECRET_NAME.search(key), f"{name}.{key} belongs in a secret file"
+    assert set(mounted_secrets(services[name])) == CREDENTIALS[name]
+
+
+def test_no_secret_is_written_in_compose(compose: dict[str, Any]) -> None:
+    """Every top-level secret is a file under ./secrets (git- and docker-ignored)."""
+    for name, spec in compose["secrets"].items():
+        assert set(spec) == {"file"}, name
+        assert spec["file"].startswith("./secrets/"), name
+    assert "secrets/" in (ROOT / ".gitignore").read_text().split()
+    assert "secrets" in (ROOT / ".dockerignore").read_text().split()
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_services_run_real_outbox_commands_from_one_hardened_image(
+    services: dict[str, dict[str, Any]], name: str
+) -> None:
+    """`command:` is the service's own `outbox` subcommand; all four share one build, run
+    read-only without capabilities, with a memory limit."""
     commands = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
     service = services[name]
     assert service["command"] == [name]
@@ -126,47 +201,76 @@ def test_app_services_run_real_outbox_commands_from_one_image(
     assert service["build"] == "."
     assert {services[other]["image"] for other in APP_SERVICES} == {service["image"]}
     assert service["restart"] == "unless-stopped"
+    assert service["read_only"] is True
+    assert service["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in service["security_opt"]
+    assert service["mem_limit"]
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
 def test_services_wait_for_healthy_dependencies(
     services: dict[str, dict[str, Any]], name: str
 ) -> None:
-    """Each service starts only once the servers it uses are healthy, not just started."""
+    """Each service starts only once the servers it uses are healthy (and the one-shot
+    Elasticsearch user set-up has finished), not just started."""
     deps = depends_on(services[name])
     assert NEEDS[name] <= set(deps)
-    assert {deps[dep] for dep in NEEDS[name]} == {"service_healthy"}
+    for dep in NEEDS[name]:
+        expected = "service_completed_successfully" if dep == "es-setup" else "service_healthy"
+        assert deps[dep] == expected, (name, dep)
 
 
-def test_every_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
     """`service_healthy` on a service without a healthcheck would never be satisfied."""
     for name, service in services.items():
+        if service.get("restart") == "no":
+            continue  # one-shot
         assert healthcheck_command(service)[0] in {"CMD", "CMD-SHELL"}, name
-        for dep in depends_on(service):
-            assert "healthcheck" in services[dep], f"{name} waits on {dep}, which has none"
+        for dep, condition in depends_on(service).items():
+            if condition == "service_healthy":
+                assert "healthcheck" in services[dep], f"{name} waits on {dep}, which has none"
 
 
-def test_mongo_is_a_replica_set_the_uri_names(services: dict[str, dict[str, Any]]) -> None:
-    """The URI's replicaSet and host are the set mongod runs and the member it initiates."""
+def test_mongo_is_an_authenticated_replica_set_the_uri_names(
+    services: dict[str, dict[str, Any]], secret_files: dict[str, Path]
+) -> None:
+    """The URI's replicaSet, host and user are the set mongod runs, the member it initiates
+    and the user the init script creates; mongod runs with a keyFile (so with auth)."""
     mongo = services["mongo"]
     repl_set = command_option(mongo["command"], "--replSet")
     assert repl_set
     assert "--bind_ip_all" in mongo["command"]
+    keyfile = command_option(mongo["command"], "--keyFile")
+    assert keyfile
+    assert f"/run/secrets/mongo_keyfile {keyfile}" in mongo["entrypoint"][2]
     port = int(command_option(mongo["command"], "--port") or 27017)
     init_script = healthcheck_command(mongo)[-1]
     assert f"_id:'{repl_set}'" in init_script
     assert f"host:'mongo:{port}'" in init_script
-    for name in APP_SERVICES:
-        hosts, options = mongo_uri_parts(setting(app_env(services, name), "OUTBOX_MONGO_URI"))
+    assert "MONGO_INITDB_ROOT_PASSWORD_FILE" in environment(mongo)
+    init_js = (ROOT / "deploy" / "compose" / "mongo-init.js").read_text()
+    assert any(
+        v.endswith(":/docker-entrypoint-initdb.d/mongo-init.js:ro") for v in mongo["volumes"]
+    )
+    for name in ("auth", "api", "relay"):
+        uri = secret_values(services, name, secret_files)["OUTBOX_MONGO_URI"]
+        hosts, options = mongo_uri_parts(uri.replace(uri.split("//")[1].split("@")[0] + "@", ""))
         assert hosts == [("mongo", port)], name
         assert options.get("replicaSet") == repl_set, name
+        assert options.get("authSource") == "admin", name
         assert "directConnection" not in options, name
+        user, password = uri.split("//")[1].split("@")[0].split(":")
+        assert user == MONGO_APP_USER
+        assert f'user: "{user}"' in init_js
+        assert password == secret_files["mongo_outbox_password"].read_text()
+    assert len(secret_files["mongo_keyfile"].read_text()) <= 1024  # mongod's keyFile limit
 
 
-def test_kafka_bootstrap_is_an_advertised_in_network_listener(
-    services: dict[str, dict[str, Any]],
+def test_kafka_clients_authenticate_on_an_advertised_in_network_listener(
+    services: dict[str, dict[str, Any]], secret_files: dict[str, Path]
 ) -> None:
-    """Clients reach kafka:9092, and the broker advertises exactly that address back."""
+    """Clients reach kafka:9092 with SASL, the broker advertises exactly that address back,
+    and the JAAS file holds the user and password the services send."""
     kafka = environment(services["kafka"])
     listeners = kafka_listeners(kafka["KAFKA_LISTENERS"])
     advertised = kafka_listeners(kafka["KAFKA_ADVERTISED_LISTENERS"])
@@ -177,12 +281,42 @@ def test_kafka_bootstrap_is_an_advertised_in_network_listener(
     assert set(advertised) <= set(listeners)
     for listener in advertised.values():
         assert listeners[listener.name].port == listener.port, listener
-    for name in APP_SERVICES:
-        host, port = host_port(setting(app_env(services, name), "OUTBOX_KAFKA_BOOTSTRAP"))
+    jaas = secret_files["kafka_server_jaas"].read_text()
+    assert "-Djava.security.auth.login.config=/run/secrets/kafka_server_jaas" in kafka["KAFKA_OPTS"]
+    assert "kafka_server_jaas" in mounted_secrets(services["kafka"])
+    for name in ("api", "relay", "indexer"):
+        env = app_env(services, name)
+        host, port = host_port(setting(env, "OUTBOX_KAFKA_BOOTSTRAP"))
         matching = [a for a in advertised.values() if (a.host, a.port) == (host, port)]
         assert host == "kafka", name
         assert matching, f"{name}: {host}:{port} is not an advertised listener"
-        assert kafka["KAFKA_INTER_BROKER_LISTENER_NAME"] == matching[0].name
+        assert protocols[matching[0].name] == setting(env, "OUTBOX_KAFKA_SECURITY_PROTOCOL")
+        assert setting(env, "OUTBOX_KAFKA_SASL_MECHANISM") in kafka[
+            "KAFKA_SASL_ENABLED_MECHANISMS"
+        ].split(",")
+        assert setting(env, "OUTBOX_KAFKA_SASL_USERNAME") == KAFKA_APP_USER
+        password = secret_files["kafka_password"].read_text()
+        assert f'user_{KAFKA_APP_USER}="{password}";' in jaas
+
+
+def test_no_unauthenticated_kafka_listener_is_reachable_from_outside_the_container(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """PLAINTEXT only for the controller (never advertised) and the broker's own listener,
+    bound to the container's loopback (also the inter-broker one and the healthcheck's)."""
+    kafka = environment(services["kafka"])
+    listeners = kafka_listeners(kafka["KAFKA_LISTENERS"])
+    protocols = dict(
+        item.split(":") for item in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    )
+    controller = kafka["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    for name, listener in listeners.items():
+        if protocols[name] == "PLAINTEXT" and name != controller:
+            assert listener.host == "127.0.0.1", name
+    broker = listeners[kafka["KAFKA_INTER_BROKER_LISTENER_NAME"]]
+    assert broker.host == "127.0.0.1"
+    probe = healthcheck_command(services["kafka"])
+    assert f"127.0.0.1:{broker.port}" in probe
 
 
 def test_kafka_is_a_single_kraft_node_fit_for_transactions(
@@ -221,19 +355,29 @@ def test_kafka_accepts_the_largest_record_the_relay_produces(
     assert int(kafka["KAFKA_MESSAGE_MAX_BYTES"]) >= biggest
 
 
-def test_elasticsearch_url_matches_the_server(services: dict[str, dict[str, Any]]) -> None:
-    """http(s)://elasticsearch:9200 as the server serves it; credentials iff security is on."""
+def test_elasticsearch_has_security_on_and_services_use_their_own_user(
+    services: dict[str, dict[str, Any]], secret_files: dict[str, Path]
+) -> None:
+    """http://elasticsearch:9200 with the `outbox` user es-setup creates (never `elastic`),
+    its password from the same secret file."""
     es = environment(services["elasticsearch"])
     assert es["discovery.type"] == "single-node"
-    security = es.get("xpack.security.enabled", "true") == "true"
-    tls = security and es.get("xpack.security.http.ssl.enabled") == "true"
-    es_port = int(es.get("http.port", 9200))
-    for name in APP_SERVICES:
+    assert es["xpack.security.enabled"] == "true"
+    assert es["ELASTIC_PASSWORD_FILE"] == "/run/secrets/elastic_password"
+    tls = es.get("xpack.security.http.ssl.enabled") == "true"
+    setup = services["es-setup"]
+    script = (ROOT / "deploy" / "compose" / "es-setup.sh").read_text()
+    assert mounted_secrets(setup) == {
+        "elastic_password": "elastic_password",
+        "es_outbox_password": "es_outbox_password",
+    }
+    for name in ("api", "indexer"):
         env = app_env(services, name)
-        url = setting(env, "OUTBOX_ES_URL")
-        assert url == f"{'https' if tls else 'http'}://elasticsearch:{es_port}", name
-        credentials = {"OUTBOX_ES_USERNAME", "OUTBOX_ES_PASSWORD"} & set(env)
-        assert credentials == ({"OUTBOX_ES_USERNAME", "OUTBOX_ES_PASSWORD"} if security else set())
+        assert setting(env, "OUTBOX_ES_URL") == f"{'https' if tls else 'http'}://elasticsearch:9200"
+        username = setting(env, "OUTBOX_ES_USERNAME")
+        assert username != "elastic"
+        assert f"/_security/user/{username} " in script
+        assert mounted_secrets(services[name])["OUTBOX_ES_PASSWORD"] == "es_outbox_password"
 
 
 def test_auth_target_is_where_auth_listens(services: dict[str, dict[str, Any]]) -> None:
@@ -245,14 +389,15 @@ def test_auth_target_is_where_auth_listens(services: dict[str, dict[str, Any]]) 
         assert host_port(setting(app_env(services, name), "OUTBOX_AUTH_TARGET")) == ("auth", port)
 
 
-def test_only_the_api_is_published(services: dict[str, dict[str, Any]]) -> None:
-    """The API answers on the host at its own port; relay and indexer publish no host port,
+def test_only_the_api_is_published_and_only_on_loopback(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The API answers on the host's loopback at its own port; nothing else is published,
     so `--scale relay=2` / `--scale indexer=3` cannot collide."""
     api = app_env(services, "api")
     assert setting(api, "OUTBOX_API_HOST") == "0.0.0.0"
-    assert [port for _, _, port in published_ports(services["api"])] == [
-        int(setting(api, "OUTBOX_API_PORT"))
-    ]
+    port = int(setting(api, "OUTBOX_API_PORT"))
+    assert published_ports(services["api"]) == [("127.0.0.1", port, port)]
     for name in ("auth", "relay", "indexer", *INFRA_SERVICES):
         assert not published_ports(services[name]), name
 
@@ -266,6 +411,7 @@ def test_one_relay_by_default(services: dict[str, dict[str, Any]]) -> None:
 @pytest.mark.parametrize(
     ("name", "port_setting", "path"),
     [
+        ("auth", "OUTBOX_AUTH_METRICS_PORT", "/readyz"),
         ("api", "OUTBOX_API_PORT", "/readyz"),
         ("relay", "OUTBOX_RELAY_METRICS_PORT", "/healthz"),
         ("indexer", "OUTBOX_INDEXER_METRICS_PORT", "/healthz"),
@@ -279,32 +425,9 @@ def test_http_probes_target_the_port_the_service_serves(
     assert f"http://127.0.0.1:{port}{path}" in healthcheck_command(services[name])[-1]
 
 
-def test_grpc_probe_targets_the_auth_port(services: dict[str, dict[str, Any]]) -> None:
-    port = setting(app_env(services, "auth"), "OUTBOX_AUTH_PORT")
-    probe = healthcheck_command(services["auth"])[-1]
-    assert f"'127.0.0.1:{port}'" in probe
-    assert "grpc_health.v1" in probe
-
-
-def test_secrets_must_come_from_the_environment(services: dict[str, dict[str, Any]]) -> None:
-    """No secret is written in compose: `${VAR:?...}` makes compose refuse to start without it."""
-    for name, service in services.items():
-        for key, value in environment(service).items():
-            if SECRET_NAME.search(key):
-                found = interpolations(value)
-                assert len(found) == 1, f"{name}.{key} is not a variable reference"
-                assert found[0].group(0) == value, f"{name}.{key} mixes text into a secret"
-                assert found[0]["op"] in {":?", "?"}, f"{name}.{key} has no required check"
-                with pytest.raises(MissingVariableError):
-                    interpolate(value, {})
-                with pytest.raises(MissingVariableError):
-                    interpolate(value, {found[0]["name"]: ""})
-    for name in APP_SERVICES:
-        assert "OUTBOX_AUTH_TOKEN_SECRET" in environment(services[name]), name
-
-
 def test_no_deploy_file_contains_the_dev_secret() -> None:
-    for path in (COMPOSE_FILE, DOCKERFILE, *ROOT.glob("deploy/*")):
+    paths = [COMPOSE_FILE, DOCKERFILE, *(p for p in ROOT.glob("deploy/**/*") if p.is_file())]
+    for path in paths:
         assert DEV_TOKEN_SECRET not in path.read_text(), path
 
 
@@ -316,6 +439,8 @@ def test_named_volumes_are_declared(compose: dict[str, Any]) -> None:
     }
     named = {source for source in used if not source.startswith((".", "/", "~"))}
     assert named <= set(compose.get("volumes") or {})
+    for source in used - named:
+        assert (ROOT / source).exists(), source
 
 
 def test_host_ports_override_publishes_the_advertised_kafka_listener(
@@ -335,3 +460,13 @@ def test_host_ports_override_publishes_the_advertised_kafka_listener(
     mongo_port = int(command_option(services["mongo"]["command"], "--port") or 27017)
     assert published_ports(override["mongo"]) == [("127.0.0.1", mongo_port, mongo_port)]
     assert published_ports(override["elasticsearch"]) == [("127.0.0.1", 9200, 9200)]
+
+
+def test_the_secrets_script_keeps_existing_files_and_hides_the_directory(tmp_path: Path) -> None:
+    """Re-running never changes a password a running stack uses; other users cannot look."""
+    first = {name: path.read_text() for name, path in generate(tmp_path / "s").items()}
+    again = {name: path.read_text() for name, path in generate(tmp_path / "s").items()}
+    assert first == again
+    assert (tmp_path / "s").stat().st_mode & 0o777 == 0o700
+    assert len(first["token_secret"].encode()) >= 32
+    assert len(set(first.values())) == len(first)

@@ -1,8 +1,11 @@
-"""The Dockerfile builds one small, non-root image of the project's runtime, nothing more."""
+"""The Dockerfile builds one small, non-root image of the project's runtime, nothing more,
+from the lock file, on a base pinned by digest."""
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import typer.main
+from packaging.markers import Marker
 
 from outbox_cli.main import app
 from tests.unit.deploy.deploy_files import (
@@ -37,16 +41,25 @@ def runtime(stages: list[Stage]) -> Stage:
     return stages[-1]
 
 
-def pip_installs(stages: list[Stage]) -> list[str]:
+DIGEST_PINNED = re.compile(r"^python:3\.11-slim@sha256:[0-9a-f]{64}$")
+
+
+def uv_syncs(stage: Stage) -> list[str]:
+    """The `uv sync ...` commands of a stage's RUN instructions, mount options dropped."""
     return [
-        run for stage in stages for run in stage.all("RUN") if re.search(r"\bpip3? install\b", run)
+        command.strip()
+        for run in stage.all("RUN")
+        for command in re.split(r"&&", re.sub(r"^(?:--mount=\S+\s+)+", "", run))
+        if command.strip().startswith("uv sync")
     ]
 
 
-def test_multi_stage_on_the_same_slim_python(stages: list[Stage]) -> None:
-    """The runtime copies the builder's venv, so both must share one interpreter path."""
+def test_multi_stage_on_the_same_slim_python_pinned_by_digest(stages: list[Stage]) -> None:
+    """The runtime copies the builder's venv, so both share one interpreter path; the base
+    is pinned by digest, so a rebuild cannot pick up another OS or Python silently."""
     assert len(stages) >= 2
-    assert {stage.base for stage in stages} == {"python:3.11-slim"}
+    [base] = {stage.base for stage in stages}
+    assert DIGEST_PINNED.match(base), base
     builder_names = {stage.name for stage in stages[:-1]}
     copies = stages[-1].all("COPY")
     assert any(
@@ -81,6 +94,7 @@ def test_entrypoint_is_outbox_and_cmd_a_real_command(runtime: Stage) -> None:
 def test_runtime_environment(runtime: Stage) -> None:
     """No .pyc writes, unbuffered logs, JSON log lines; OUTBOX_* names are real settings."""
     env = runtime.env()
+    assert env["OUTBOX_ENV"] == "prod", "secure by default wherever the image runs"
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["OUTBOX_LOG_FORMAT"] == "json"
@@ -88,17 +102,125 @@ def test_runtime_environment(runtime: Stage) -> None:
     assert {key for key in env if key.startswith("OUTBOX_")} <= setting_names()
 
 
-def test_installs_the_project_without_dev_or_embedded_extras(stages: list[Stage]) -> None:
-    """`pip install .`: the image talks to real servers and carries no test tooling."""
-    installs = pip_installs(stages)
-    assert installs
-    for run in installs:
-        assert "[" not in run, f"extras installed: {run}"
-        assert not re.search(r"\s-e\s|--editable", run), f"editable install: {run}"
-        assert re.search(r"\bpip3? install (?:--\S+ )*\.(?:\s|$)", run), run
+def test_installs_the_locked_dependencies_before_the_source(stages: list[Stage]) -> None:
+    """`uv sync --locked` twice: the dependencies from uv.lock alone, then, after `COPY . .`,
+    the project (not editable); never an extra, never a resolver run (`pip install`)."""
+    builder = next(stage for stage in stages if stage.name == "builder")
+    keywords = [keyword for keyword, _ in builder.instructions]
+    first_sync = next(
+        i for i, (k, a) in enumerate(builder.instructions) if k == "RUN" and "uv sync" in a
+    )
+    copy_source = builder.instructions.index(("COPY", ". ."))
+    assert first_sync < copy_source < len(keywords) - 1
+    deps_only, project = uv_syncs(builder)
+    for command in (deps_only, project):
+        words = shlex.split(command)
+        assert "--locked" in words
+        assert "--no-editable" in words
+        assert not any(w.startswith(("--extra", "--all-extras", "--group")) for w in words)
+    assert "--no-install-project" in shlex.split(deps_only)
+    assert "--no-install-project" not in shlex.split(project)
+    dependency_layer = builder.instructions[first_sync][1]
+    assert "source=uv.lock" in dependency_layer
+    assert "source=pyproject.toml" in dependency_layer
+    assert builder.env()["UV_PROJECT_ENVIRONMENT"] == "/opt/venv"
+    for run in builder.all("RUN"):
+        assert not re.search(r"\bpip3? install\b(?!.*--require-hashes)", run), run
     text = DOCKERFILE.read_text()
     for name in EMBEDDED_SERVERS:
         assert name not in text
+
+
+def _runtime_closure() -> set[str]:
+    """Every package uv.lock installs for the project without extras, on this platform
+    (Linux, CPython 3.11, like the image): dependencies whose marker is false are left out."""
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    packages = {p["name"]: p for p in lock["package"]}
+    wanted, seen = ["outbox-pipeline"], set()
+    while wanted:
+        name = wanted.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for dep in packages[name].get("dependencies", []):
+            if "marker" in dep and not Marker(dep["marker"]).evaluate():
+                continue
+            wanted.append(dep["name"])
+            for extra in dep.get("extra", []):
+                wanted.extend(
+                    d["name"] for d in packages[dep["name"]]["optional-dependencies"][extra]
+                )
+    return seen
+
+
+@pytest.fixture(scope="module")
+def image_venv(stages: list[Stage], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """/opt/venv as the builder makes it: its `uv sync` commands run outside Docker, the
+    first with only the files its bind mounts provide, the second on the build context."""
+    builder = next(stage for stage in stages if stage.name == "builder")
+    deps_only, project = uv_syncs(builder)
+    tmp = tmp_path_factory.mktemp("image")
+    workdir, venv = tmp / "src", tmp / "opt-venv"
+    workdir.mkdir()
+    env = {
+        **os.environ,
+        **{k: v for k, v in builder.env().items() if k.startswith("UV_")},
+        "UV_PROJECT_ENVIRONMENT": str(venv),
+        "UV_LINK_MODE": "copy",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # the lock's uv
+    }
+    env.pop("VIRTUAL_ENV", None)
+
+    def run(command: str) -> None:
+        result = subprocess.run(
+            shlex.split(command),
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, f"{command}: {result.stderr[-3000:]}"
+
+    for name in ("uv.lock", "pyproject.toml"):
+        shutil.copy2(ROOT / name, workdir / name)
+    run(deps_only)
+    assert not (venv / "bin" / "outbox").exists(), "the project came before its source"
+    for relative in DockerIgnore.read().context_files():
+        target = workdir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / relative, target)
+    run(project)
+    return venv
+
+
+def test_the_image_venv_holds_exactly_the_runtime_closure_of_the_lock(image_venv: Path) -> None:
+    """What the builder installs is uv.lock's runtime closure: no test tools, no stand-ins,
+    no bench tools; and the `outbox` command works from it."""
+    listing = subprocess.run(
+        [
+            str(image_venv / "bin" / "python"),
+            "-c",
+            "import importlib.metadata as m\nfor d in m.distributions(): print(d.metadata['Name'])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    installed = {re.sub(r"[-_.]+", "-", name).lower() for name in listing}
+    assert installed == _runtime_closure()
+    for absent in ("pytest", "secantusdb", "noida-db", "httpx", "psutil", "uv", "mypy"):
+        assert absent not in installed
+    result = subprocess.run(
+        [str(image_venv / "bin" / "outbox"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_the_build_context_leaves_out_secrets_and_local_state() -> None:
@@ -114,7 +236,14 @@ def test_the_build_context_leaves_out_secrets_and_local_state() -> None:
         "api/__pycache__/main.cpython-311.pyc",
     ):
         assert ignore.excludes(path), path
-    for path in ("pyproject.toml", "README.md", "api/main.py", "protos/auth/v1/auth_pb2.py"):
+    for path in (
+        "pyproject.toml",
+        "uv.lock",
+        "README.md",
+        ".ci/uv_requirements.py",
+        "api/main.py",
+        "protos/auth/v1/auth_pb2.py",
+    ):
         assert not ignore.excludes(path), path
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import httpx
-from prometheus_client import Counter
+import pytest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter
 
 from infra.health import HealthServer, ProgressMonitor
 
@@ -56,3 +57,32 @@ async def test_the_server_answers_health_readiness_and_metrics() -> None:
         metrics = await client.get("/metrics")
         assert "outbox_test_health_things_total 3.0" in metrics.text
         assert (await client.get("/nope")).status_code == 404
+
+
+async def test_metrics_speak_the_prometheus_format_and_probes_answer_head() -> None:
+    async def readiness() -> tuple[bool, str]:
+        return True, "ok"
+
+    async with (
+        HealthServer("127.0.0.1", 0, readiness) as server,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client,
+    ):
+        metrics = await client.get("/metrics")
+        assert metrics.headers["content-type"] == CONTENT_TYPE_LATEST
+        assert (await client.head("/healthz")).status_code == 200
+        assert (await client.get("/readyz")).json() == {"status": "ok", "detail": "ok"}
+
+
+async def test_stopping_frees_the_port_and_a_taken_port_is_an_error() -> None:
+    async def readiness() -> tuple[bool, str]:
+        return True, "ok"
+
+    async with HealthServer("127.0.0.1", 0, readiness) as server:
+        port = server.port
+        assert port != 0
+        with pytest.raises(OSError, match="address already in use"):
+            async with HealthServer("127.0.0.1", port, readiness):
+                pass
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get("/healthz")
