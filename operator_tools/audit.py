@@ -433,7 +433,7 @@ def _load_kafka_blocking(
     progress.advance(len(batch))
 
 
-async def _load_late_records(
+async def load_late_records(
     clients: OperatorClients, store: AuditStore, judging: Judging, collection: str | None
 ) -> None:
     """Records committed after the outbox was read whose events Kafka already showed."""
@@ -720,7 +720,7 @@ async def audit(
         await asyncio.to_thread(
             _load_kafka_blocking, settings, store, topics, start - CLOCK_MARGIN, progress
         )
-        await _load_late_records(clients, store, judging, collection)
+        await load_late_records(clients, store, judging, collection)
         prefix = settings.kafka.event_topic("")
         names = {t.removeprefix(prefix) for t in topics} | set(store.collections())
         for name in sorted(names):
