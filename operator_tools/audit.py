@@ -33,11 +33,12 @@ is judged by streaming joins, one event or one document at a time.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 from elasticsearch import ApiError, NotFoundError, TransportError
@@ -92,6 +93,9 @@ from outbox_relay.checkpoint import CheckpointMode
 from outbox_relay.kafka_reader import read_checkpoint
 
 log = structlog.get_logger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 PAGE = 1000
 LOOKUP_BATCH = 500
@@ -281,6 +285,47 @@ def _iso(t: datetime | None) -> str | None:
     return None if t is None else format_time(t)
 
 
+# --- blocking passes ----------------------------------------------------------------------
+
+
+class _StoppedError(Exception):
+    """A blocking pass gave up because the audit was cancelled (Ctrl-C)."""
+
+
+class _Worker:
+    """Runs the audit's blocking passes in a thread, one at a time.
+
+    A thread cannot be cancelled: when the audit is, the pass is asked to stop at its next
+    page and awaited, so Ctrl-C returns promptly and the store closes only once unused.
+    """
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        task = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self.stop.set()
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # retrieved: a stopped pass is expected, not an error
+            raise
+
+
+def _paced(items: Iterable[T], progress: Progress, stop: threading.Event) -> Iterator[T]:
+    """`items`, advancing `progress` a page at a time; `_StoppedError` once `stop` is set."""
+    n = 0
+    for n, item in enumerate(items, start=1):
+        yield item
+        if n % PAGE == 0:
+            progress.advance(PAGE)
+            if stop.is_set():
+                raise _StoppedError
+    progress.advance(n % PAGE)
+
+
 # --- rows from the three stores ----------------------------------------------------------
 
 
@@ -418,19 +463,24 @@ async def _load_outbox(
 
 
 def _load_kafka_blocking(
-    settings: Settings, store: AuditStore, topics: list[str], since: datetime, progress: Progress
+    settings: Settings,
+    store: AuditStore,
+    topics: list[str],
+    since: datetime,
+    *,
+    progress: Progress,
+    stop: threading.Event,
 ) -> None:
     progress.start("reading Kafka", None)
     parts = topic_partitions(settings.kafka, topics)
+    messages = read_to_end(settings.kafka, parts, purpose="audit", since=since)
     batch: list[MessageRow] = []
-    for message in read_to_end(settings.kafka, parts, purpose="audit", since=since):
+    for message in _paced(messages, progress, stop):
         batch.append(message_row(message))
         if len(batch) >= PAGE:
             store.add_messages(batch)
-            progress.advance(len(batch))
             batch = []
     store.add_messages(batch)
-    progress.advance(len(batch))
 
 
 async def load_late_records(
@@ -501,11 +551,14 @@ async def _load_index(
 
 
 def _judge_events(
-    store: AuditStore, judging: Judging, tally: Tally, progress: Progress, total: int
+    store: AuditStore,
+    judging: Judging,
+    tally: Tally,
+    progress: Progress,
+    stop: threading.Event,
 ) -> None:
-    progress.start("judging events", total)
-    n = 0
-    for n, (record, copies) in enumerate(store.events(), start=1):
+    progress.start("judging events", store.records())
+    for record, copies in _paced(store.events(), progress, stop):
         verdict = judge_event(record.time, copies, judging)
         example = {
             "event_id": record.event_id,
@@ -526,13 +579,12 @@ def _judge_events(
             )
         if verdict.replayed:
             tally.add("replayed", verdict.replayed, example)
-        if n % PAGE == 0:
-            progress.advance(PAGE)
-    progress.advance(n % PAGE)
 
 
-def _judge_unknown(store: AuditStore, judging: Judging, tally: Tally) -> None:
-    for message in store.unknown_messages():
+def _judge_unknown(
+    store: AuditStore, judging: Judging, tally: Tally, stop: threading.Event
+) -> None:
+    for message in _paced(store.unknown_messages(), NoProgress(), stop):
         kind = judge_unknown(message.event_time, message.replayed, judging)
         example = {
             "event_id": message.event_id or None,
@@ -551,11 +603,10 @@ def _judge_unknown(store: AuditStore, judging: Judging, tally: Tally) -> None:
 
 
 def _judge_order(
-    store: AuditStore, judging: Judging, tally: Tally, progress: Progress, total: int
+    store: AuditStore, tally: Tally, progress: Progress, stop: threading.Event
 ) -> None:
-    progress.start("judging order", total)
-    n = 0
-    for n, (topic, key, placed) in enumerate(store.streams(), start=1):
+    progress.start("judging order", store.document_streams())
+    for topic, key, placed in _paced(store.streams(), progress, stop):
         for v in order_violations(placed):
             tally.add(
                 "misordered",
@@ -567,9 +618,6 @@ def _judge_order(
                     "why": v.reason,
                 },
             )
-        if n % PAGE == 0:
-            progress.advance(PAGE)
-    progress.advance(n % PAGE)
 
 
 def _tally_document(
@@ -597,12 +645,15 @@ def _tally_document(
 
 
 def _judge_documents(
-    store: AuditStore, judging: Judging, tally: Tally, progress: Progress, total: int
+    store: AuditStore,
+    judging: Judging,
+    tally: Tally,
+    progress: Progress,
+    stop: threading.Event,
 ) -> None:
     """The window's documents; what only MongoDB can settle is queued with `add_ask`."""
-    progress.start("judging documents", total)
-    n = 0
-    for n, row in enumerate(store.newest(), start=1):
+    progress.start("judging documents", store.documents())
+    for row in _paced(store.newest(), progress, stop):
         record = row.record
         settled = document_settled(
             record_time=record.time,
@@ -624,10 +675,7 @@ def _judge_documents(
                 truth=("newest_record", newest),
                 index=row.index,
             )
-        if n % PAGE == 0:
-            progress.advance(PAGE)
-    progress.advance(n % PAGE)
-    for collection, doc_id, index in store.orphans():
+    for collection, doc_id, index in _paced(store.orphans(), NoProgress(), stop):
         store.add_ask(collection, doc_id, index)
 
 
@@ -703,11 +751,12 @@ async def audit(
     )
     log.info("audit_started", **window.as_dict())
     tally = Tally()
+    worker = _Worker()
     with AuditStore.temporary() as store:
         if not settled:
             # Before Elasticsearch is read: every offset committed here is in the index then.
-            committed = await asyncio.to_thread(_committed_blocking, settings)
-            await asyncio.to_thread(store.set_committed, committed)
+            committed = await worker.run(_committed_blocking, settings)
+            await worker.run(store.set_committed, committed)
             if not committed:
                 notes.append(
                     f"the indexer group {settings.indexer.group_id!r} has committed no "
@@ -716,9 +765,15 @@ async def audit(
         unreadable = await _load_outbox(clients, store, start, collection, progress)
         if unreadable:
             notes.append(f"{unreadable} outbox records are off the contract and were skipped")
-        topics = await asyncio.to_thread(_event_topics_blocking, settings, collection)
-        await asyncio.to_thread(
-            _load_kafka_blocking, settings, store, topics, start - CLOCK_MARGIN, progress
+        topics = await worker.run(_event_topics_blocking, settings, collection)
+        await worker.run(
+            _load_kafka_blocking,
+            settings,
+            store,
+            topics,
+            start - CLOCK_MARGIN,
+            progress=progress,
+            stop=worker.stop,
         )
         await load_late_records(clients, store, judging, collection)
         prefix = settings.kafka.event_topic("")
@@ -726,16 +781,13 @@ async def audit(
         for name in sorted(names):
             await _load_index(clients, store, name, start - CLOCK_MARGIN, progress)
 
-        records = await asyncio.to_thread(store.records)
-        await asyncio.to_thread(_judge_events, store, judging, tally, progress, records)
-        await asyncio.to_thread(_judge_unknown, store, judging, tally)
-        streams = await asyncio.to_thread(store.document_streams)
-        await asyncio.to_thread(_judge_order, store, judging, tally, progress, streams)
-        documents = await asyncio.to_thread(store.documents)
-        await asyncio.to_thread(_judge_documents, store, judging, tally, progress, documents)
+        await worker.run(_judge_events, store, judging, tally, progress, worker.stop)
+        await worker.run(_judge_unknown, store, judging, tally, worker.stop)
+        await worker.run(_judge_order, store, tally, progress, worker.stop)
+        await worker.run(_judge_documents, store, judging, tally, progress, worker.stop)
         await _judge_asks(clients, store, judging, tally)
-        messages = await asyncio.to_thread(store.messages)
-        indexed = await asyncio.to_thread(store.indexed)
+        records, messages = store.records(), store.messages()
+        documents, indexed = store.documents(), store.indexed()
 
     counts = tally.counts
     report = AuditReport(

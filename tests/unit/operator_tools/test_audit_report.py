@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,15 +17,20 @@ from infra.envelope import CE_REPLAYED, EventType, OutboxRecord
 from infra.kafka import ReadMessage
 from infra.settings import KafkaSettings, Settings
 from operator_tools.audit import (
+    PAGE,
     AuditReport,
     AuditWindow,
     DriftCounts,
+    _paced,
+    _StoppedError,
+    _Worker,
     index_state,
     message_row,
     record_row,
     stored_state,
 )
 from operator_tools.audit_rules import content_digest
+from operator_tools.progress import NoProgress
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 WINDOW = AuditWindow(
@@ -177,3 +184,42 @@ def test_mongodb_documents_read_as_the_same_states() -> None:
         index_state({"_version": 3, "_source": {"deleted": False, "document": {"a": 1}}})
     )
     assert stored_state({"_id": "d1", "version": 4, "document": None, "deleted": True}).deleted
+
+
+# --- Ctrl-C ----------------------------------------------------------------------------------
+
+
+def test_a_paced_pass_stops_at_the_next_page_once_asked() -> None:
+    stop = threading.Event()
+    seen = []
+
+    def consume() -> None:
+        for n in _paced(range(10 * PAGE), NoProgress(), stop):
+            seen.append(n)
+            stop.set()
+
+    with pytest.raises(_StoppedError):
+        consume()
+    assert len(seen) == PAGE
+
+
+async def test_a_cancelled_audit_stops_its_blocking_pass_and_waits_for_it() -> None:
+    """Ctrl-C must not wait for a long Kafka read, nor close the store under a running pass."""
+    worker = _Worker()
+    started, finished = threading.Event(), threading.Event()
+
+    def long_pass() -> None:
+        started.set()
+        asked = worker.stop.wait(timeout=30)  # a deadline: the test fails, never hangs
+        finished.set()
+        if asked:
+            raise _StoppedError
+
+    task = asyncio.create_task(worker.run(long_pass))
+    await asyncio.to_thread(started.wait, 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert worker.stop.is_set()
+    assert finished.is_set()  # the pass was over before the cancellation went on
