@@ -399,13 +399,17 @@ def _state_text(state: State | None) -> str:
 async def relay_position(clients: OperatorClients) -> datetime | None:
     """Everything stamped up to here is in Kafka, per the relay's last committed checkpoint.
 
-    The same rule as `outbox status`: the later of the checkpointed record's time and,
-    in stream mode, the checkpoint's oplog time. None when the relay never checkpointed.
+    In stream mode `outbox status`'s rule: the later of the checkpointed record's time and
+    the checkpoint's oplog time. While the relay recovers from lost history it publishes
+    in document order, not time order, so only what preceded the recovery counts: its
+    `recover_from`. None when the relay never checkpointed (or recovers from scratch).
     """
     settings = clients.settings
     checkpoint = await read_checkpoint(settings.kafka, settings.relay.name)
     if checkpoint is None:
         return None
+    if checkpoint.mode is CheckpointMode.RECOVERING:
+        return checkpoint.recover_from
     candidates: list[datetime] = []
     if checkpoint.last_event_id is not None:
         outbox = clients.db[settings.mongo.outbox_collection]
@@ -413,7 +417,7 @@ async def relay_position(clients: OperatorClients) -> datetime | None:
         if raw is not None:  # else expired by the TTL
             t: datetime = raw["time"]
             candidates.append(t if t.tzinfo else t.replace(tzinfo=UTC))
-    if checkpoint.mode is CheckpointMode.STREAM and checkpoint.wall_time is not None:
+    if checkpoint.wall_time is not None:
         candidates.append(checkpoint.wall_time)
     return max(candidates, default=None)
 

@@ -7,10 +7,12 @@ from typing import Any
 
 from infra.envelope import CE_ID, CE_TIME, EventType, OutboxRecord, new_event_id, utc_now
 from infra.index_layout import source_for
-from operator_tools.audit import audit, audit_when_idle, load_late_records
+from infra.kafka import ensure_topics
+from operator_tools.audit import audit, audit_when_idle, load_late_records, relay_position
 from operator_tools.audit_rules import Judging
 from operator_tools.audit_store import AuditStore, MessageRow
 from operator_tools.status import status
+from outbox_relay.checkpoint import Checkpoint, CheckpointMode
 from tests.fixtures.indexer import KafkaWriter, wait_until
 from tests.fixtures.pipeline import CliResult, Pipeline
 from tests.fixtures.relay import fast_relay, read_events
@@ -348,3 +350,24 @@ async def test_a_record_committed_while_the_audit_reads_is_not_an_unknown_event(
         events = [(r.event_id, len(copies)) for r, copies in store.events()]
         assert events == [(late.event_id, 1)]
         assert [m.event_id for m in store.unknown_messages()] == [stranger.event_id]
+
+
+async def test_a_recovering_relays_position_is_where_its_recovery_started(
+    pipeline: Pipeline,
+) -> None:
+    """Recovery publishes in document order: a later checkpointed record proves nothing."""
+    started_from = utc_now() - timedelta(minutes=10)
+    later = OutboxRecord(new_event_id(), "maps", "m1", 1, EventType.CREATED, {"n": 1}, utc_now())
+    await pipeline.api.outbox.insert_one(later.to_mongo())
+    recovering = Checkpoint(
+        relay=pipeline.settings.relay.name,
+        mode=CheckpointMode.RECOVERING,
+        recover_from=started_from,
+        last_event_id=later.event_id,
+    )
+    writer = KafkaWriter(pipeline.settings)
+    topic = pipeline.settings.kafka.checkpoint_topic
+    await ensure_topics(pipeline.settings.kafka, {topic: {}})
+    await writer.send_raw([(topic, recovering.kafka_key(), recovering.kafka_value(), [])])
+
+    assert await relay_position(pipeline.clients) == started_from
