@@ -22,6 +22,7 @@ import typer
 from elasticsearch import ConnectionError as EsConnectionError
 from pymongo.errors import ConnectionFailure
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -571,7 +572,7 @@ def _print_audit(report: dict[str, Any]) -> None:
             line = " ".join(f"{k}={_cell(v)}" for k, v in e.items() if v is not None)
             out.print(f"  {line}", highlight=False, markup=False)
     for note in report["notes"]:
-        out.print(f"[yellow]note:[/yellow] {note}")
+        out.print(f"[yellow]note:[/yellow] {escape(note)}")
     if report["ok"]:
         out.print("[green]ok[/green]")
     else:
