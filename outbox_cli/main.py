@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from infra.settings import Settings
-from outbox_cli.ops import dlq_app, reconcile, reindex, replay, status
+from outbox_cli.ops import audit, dlq_app, reconcile, reindex, replay, status
 from outbox_cli.services import run_service
 from outbox_cli.users import users_app
 
@@ -24,6 +24,7 @@ app.command()(replay)
 app.command()(reconcile)
 app.command()(reindex)
 app.add_typer(dlq_app, name="dlq")
+app.command()(audit)
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Operator commands: `outbox status|replay|reconcile|reindex` and `outbox dlq list|redrive`.
+"""Operator commands: `outbox status|replay|reconcile|reindex|audit` and `outbox dlq list|redrive`.
 
 Human output on stdout by default, `--json` where a script wants it (and then nothing
 else on stdout); progress bars and logs on stderr. Exit codes: 0 all good, 1 a problem
@@ -22,6 +22,7 @@ import typer
 from elasticsearch import ConnectionError as EsConnectionError
 from pymongo.errors import ConnectionFailure
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -458,3 +459,132 @@ def dlq_redrive(
             out.print(f"  [red]not found:[/red] {i}")
     if result["skipped"] or result["not_found"]:
         raise typer.Exit(code=EXIT_PROBLEM)
+
+
+# --- audit -------------------------------------------------------------------------------
+
+
+def audit(
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only outbox records of the last DURATION (90s, 15m, 1h30m, 7d); "
+            "default: everything retained."
+        ),
+    ] = None,
+    collection: Annotated[str | None, typer.Option(help="Only this collection.")] = None,
+    grace: Annotated[
+        float,
+        typer.Option(
+            help="Seconds behind the relay's committed position before a record missing "
+            "from Kafka counts as lost.",
+            min=0,
+        ),
+    ] = 120.0,
+    json_output: JsonOption = False,
+) -> None:
+    """Check exactly-once: every outbox record in Kafka once, in order, and indexed."""
+    from datetime import timedelta  # noqa: PLC0415
+
+    from infra.naming import is_collection_name  # noqa: PLC0415
+    from operator_tools.audit import AuditReport  # noqa: PLC0415
+    from operator_tools.audit import audit as run_audit  # noqa: PLC0415
+    from operator_tools.audit_rules import parse_duration  # noqa: PLC0415
+
+    try:
+        window = None if since is None else parse_duration(since)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--since") from e
+    if collection is not None and not is_collection_name(collection):
+        raise typer.BadParameter(
+            f"not a collection name: {collection!r}", param_hint="--collection"
+        )
+
+    async def work(clients: OperatorClients) -> AuditReport:
+        await clients.ping()
+        with progress_bar() as bar:
+            return await run_audit(
+                clients,
+                since=window,
+                collection=collection,
+                grace=timedelta(seconds=grace),
+                progress=bar,
+            )
+
+    report = run_ops(work)
+    if json_output:
+        _print_json(report.as_dict())
+    else:
+        _print_audit(report.as_dict())
+    if not report.ok:
+        raise typer.Exit(code=EXIT_PROBLEM)
+
+
+_AUDIT_PROBLEMS = ("lost", "duplicated", "misordered", "drift")
+
+
+def _print_audit(report: dict[str, Any]) -> None:
+    window, read = report["window"], report["read"]
+    scope = f"collection {window['collection']}" if window["collection"] else "every collection"
+    clamped = " (clamped to the outbox retention)" if window["clamped_to_retention"] else ""
+    out.print(f"[bold]Audit[/bold] of {scope}: outbox records since {window['since']}{clamped}")
+    if window["judged_until"] is None:
+        judged = "no record judged lost (the relay never committed a checkpoint)"
+    else:
+        judged = (
+            f"records up to {window['judged_until']} judged for loss (relay position "
+            f"{window['relay_position']} minus {window['grace_seconds']:g} s)"
+        )
+    out.print(f"  {judged}")
+    out.print(
+        f"  read {read['outbox_records']} outbox records, {read['kafka_messages']} Kafka "
+        f"messages, {read['documents']} documents, {read['indexed_documents']} index entries "
+        f"in {read['seconds']:.1f} s"
+    )
+    breakdown = report["breakdown"]
+    out.print(
+        f"lost={report['lost']} duplicated={report['duplicated']} "
+        f"misordered={report['misordered']} drift={report['drift']} replayed={report['replayed']}",
+        highlight=False,
+    )
+    not_judged = report["not_judged"]
+    out.print(
+        f"  not judged yet: {not_judged['pending']} records not in Kafka yet, "
+        f"{not_judged['unindexed']} documents not indexed yet; "
+        f"{report['recovered']} records only in Kafka as replays; "
+        f"{report['outside_window']} messages of events older than the window",
+        highlight=False,
+    )
+    if report["duplicated"]:
+        dup = breakdown["duplicated"]
+        out.print(
+            f"  duplicated: {dup['extra_copies']} extra copies, "
+            f"{dup['unknown_events']} events no outbox record of the window has"
+        )
+    if report["drift"]:
+        kinds = ", ".join(f"{k} {v}" for k, v in breakdown["drift"].items() if v)
+        out.print(f"  drift: {kinds}")
+    for category in _AUDIT_PROBLEMS:
+        examples = report["examples"].get(category)
+        if not examples:
+            continue
+        out.print(f"[bold]{category}[/bold], e.g.:")
+        for e in examples:
+            # One line per example, never a table: ids stay whole and greppable.
+            line = " ".join(f"{k}={_cell(v)}" for k, v in e.items() if v is not None)
+            out.print(f"  {line}", highlight=False, markup=False)
+    for note in report["notes"]:
+        out.print(f"[yellow]note:[/yellow] {escape(note)}")
+    if report["ok"]:
+        out.print("[green]ok[/green]")
+    else:
+        failed = ", ".join(c for c in _AUDIT_PROBLEMS if report[c])
+        out.print(f"[red]FAIL[/red]: {failed}")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
