@@ -197,12 +197,6 @@ class KafkaEventSource:
         with self._lock:
             self._held_topics = frozenset(topics)
 
-    @property
-    def committed(self) -> dict[TopicPartitionKey, int]:
-        """Offsets the broker confirmed, per assigned partition."""
-        with self._lock:
-            return dict(self._ledger.committed)
-
     def stop(self) -> None:
         """Stop the poll thread and wait for it: it commits what was acknowledged and
         closes the consumer (blocking; run it in a thread)."""

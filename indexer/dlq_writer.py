@@ -81,13 +81,13 @@ class KafkaDeadLetterWriter:
             )
         )
 
-    @property
-    def topic(self) -> str:
-        return self._topic
-
     async def prepare(self) -> None:
-        """Create the DLQ topic if missing, sized like the event topics."""
-        await ensure_topics(self._settings, {self._topic: event_topic_config(self._settings)})
+        """Create the DLQ topic if missing, sized like the event topics; any failure is
+        `RetriableError` (the dead letters wait, the process stays up)."""
+        try:
+            await ensure_topics(self._settings, {self._topic: event_topic_config(self._settings)})
+        except FatalError as e:
+            raise RetriableError(f"creating the DLQ topic {self._topic}: {e}") from e
 
     def deliver(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
         """Produce `letters`, wait for every delivery report, return what to try again.

@@ -28,7 +28,6 @@ _DEPENDENCY = {
     "es_bulk": "Elasticsearch",
     "es_index_create": "Elasticsearch",
     "dlq_write": "Kafka (dead-letter topic)",
-    "dlq_topic": "Kafka (dead-letter topic)",
 }
 
 
@@ -52,7 +51,6 @@ class IndexerState:
     batches: int = 0
     retries: int = 0  # Elasticsearch or DLQ attempts that failed and were retried
     retrying_since: float | None = None  # monotonic time of the first failed try, if failing
-    last_progress: float | None = None  # monotonic time of the last acknowledged batch
     lag: dict[TopicPartitionKey, int] = field(default_factory=dict)
     parked: dict[str, ParkedInfo] = field(default_factory=dict)
     monitor: ProgressMonitor = field(
@@ -63,11 +61,6 @@ class IndexerState:
     @property
     def total_lag(self) -> int:
         return sum(self.lag.values())
-
-    def seconds_since_progress(self, now: float | None = None) -> float | None:
-        if self.last_progress is None:
-            return None
-        return (time.monotonic() if now is None else now) - self.last_progress
 
     async def readiness(self) -> tuple[bool, str]:
         """For `HealthServer`: red while a collection is parked, a dependency fails, or
@@ -105,7 +98,8 @@ class IndexerState:
     ) -> None:
         """Events are acknowledged (Elasticsearch and DLQ) and their offsets queued.
 
-        `results` counts events per (collection, result), result one of indexed/stale/dlq.
+        `results` counts events per (collection, result), result one of indexed/stale/dlq;
+        `events` is the size of the batch they came in (0 for a parked collection's retry).
         """
         self.batches += 1
         for (collection, result), count in results.items():
@@ -114,8 +108,8 @@ class IndexerState:
             elif result == STALE:
                 self.events_already_applied += count
             self.metrics.events.labels(collection, result).inc(count)
-        self.metrics.batch_size.observe(events)
-        self.last_progress = time.monotonic()
+        if events:
+            self.metrics.batch_size.observe(events)
         self.monitor.progressed()
 
     def dead_lettered(self, count: int) -> None:

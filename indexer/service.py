@@ -83,7 +83,7 @@ from indexer.progress import IndexerState, ParkedInfo, count_results
 from indexer.sink import BulkRequestRefusedError, ElasticsearchSink, IndexUnusableError
 from infra.dead_letter import DeadLetter
 from infra.elastic import elastic_client
-from infra.errors import RetriableError
+from infra.errors import PipelineError, RetriableError
 from infra.health import HealthServer, ProgressMonitor
 from infra.index_limits import IndexLimits, index_limits
 from infra.parked_report import REPORT_INTERVAL_S, ParkedEntry, ParkedReport
@@ -202,13 +202,13 @@ class Indexer:
         self._lot = ParkingLot(max_retry_s=settings.indexer.parked_retry_max_seconds)
         self._limits: dict[str, IndexLimits] = {}
         self._log_tasks: set[asyncio.Task[None]] = set()
+        self._dlq_ready = False
         self._report_due = True
         self._reported_at = float("-inf")
         self._report_failed_at = float("-inf")
 
     async def run(self) -> None:
         self._source.start()
-        await self._retry_forever("dlq_topic", self._dead_letters.prepare)
         await self._report_parked(starting=True)
         # One decoded batch waits while the previous one is in Elasticsearch.
         projected: asyncio.Queue[Projected] = asyncio.Queue(maxsize=1)
@@ -506,6 +506,11 @@ class Indexer:
 
         async def attempt() -> None:
             nonlocal pending
+            if not self._dlq_ready:
+                # Before the first dead letter, so Kafka never auto-creates the topic with
+                # its defaults; a problem here delays only batches with poison.
+                await self._dead_letters.prepare()
+                self._dlq_ready = True
             pending = await self._in_thread(
                 self._dead_letters.deliver, pending, interrupt=self._dead_letters.close
             )
@@ -570,7 +575,7 @@ class Indexer:
             if starting:
                 await self._reporter.prepare()
             await asyncio.to_thread(self._reporter.publish, report)
-        except RetriableError as e:
+        except PipelineError as e:
             self._report_failed_at = now
             log.warning("parked_report_failed", error=str(e))
         else:
