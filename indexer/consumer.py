@@ -274,6 +274,8 @@ class KafkaEventSource:
     def _sync_pauses(self) -> None:
         """Pause the assigned partitions of held topics, resume the others that were paused."""
         with self._lock:
+            if not (self._held_topics or self._paused or self._pause_unknown):
+                return  # the common case: nothing parked
             wanted = {tp for tp in self._assigned if tp[0] in self._held_topics}
             to_pause = (wanted - self._paused) | (wanted & self._pause_unknown)
             # A newly assigned partition may keep librdkafka's pause from an earlier

@@ -204,6 +204,7 @@ class Indexer:
         self._log_tasks: set[asyncio.Task[None]] = set()
         self._dlq_ready = False
         self._report_due = True
+        self._reported_reasons: dict[str, str] = {}
         self._reported_at = float("-inf")
         self._report_failed_at = float("-inf")
 
@@ -370,7 +371,11 @@ class Indexer:
                 collection, ParkedInfo(parked.reason, parked.since, len(parked.events))
             )
         self._source.hold(self._settings.kafka.event_topic(c) for c in self._lot.parked)
-        self._report_due = True
+        reasons = {c: p.reason for c, p in self._lot.parked.items()}
+        if reasons != self._reported_reasons:
+            # Event counts alone wait for the next heartbeat.
+            self._reported_reasons = reasons
+            self._report_due = True
 
     # --- bulk rounds -------------------------------------------------------------------------
 

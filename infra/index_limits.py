@@ -185,6 +185,9 @@ def _walk(document: Mapping[str, Any], limits: IndexLimits) -> Iterator[tuple[st
                 yield path, value, depth
             for key, item in value.items():
                 segments = _segments(str(key), path, limits)
+                if len(segments) == 1:
+                    stack.append((f"{path}.{key}" if path else key, item, depth))
+                    continue
                 # Elasticsearch expands a dotted key into objects, one per dot.
                 for i in range(1, len(segments)):
                     yield _join(path, segments[:i]), {}, depth + i
@@ -201,14 +204,16 @@ def _join(prefix: str, segments: list[str]) -> str:
 
 
 def _segments(key: str, prefix: str, limits: IndexLimits) -> list[str]:
-    where = _join(prefix, [key])[:80]
-    if len(key.encode()) > limits.field_name_bytes:
+    # UTF-8 takes at most 4 bytes a character: most keys need no encoding to be measured.
+    if len(key) * 4 > limits.field_name_bytes and len(key.encode()) > limits.field_name_bytes:
+        where = _join(prefix, [key])[:80]
         raise IndexLimitError(
             f"key {where!r}... is {len(key.encode())} bytes long, over the limit of "
             f"{limits.field_name_bytes} bytes (OUTBOX_ES_FIELD_NAME_MAX_BYTES)"
         )
-    segments = key.split(".")
+    segments = key.split(".") if "." in key else [key]
     if any(not s.strip() for s in segments):
+        where = _join(prefix, [key])[:80]
         raise IndexLimitError(
             f"key {where!r} is empty or only whitespace (or has an empty part between "
             "dots): Elasticsearch refuses such field names"

@@ -84,5 +84,5 @@ class ParkedReport:
                     for e in raw["parked"]
                 ),
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
             raise ValueError(f"not a parked-collections report: {e}") from e
