@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -105,6 +106,8 @@ SHUTDOWN_GRACE_S = 5.0
 LOG_CHUNK = 50
 # A failed parking report is tried again after this long at the earliest.
 REPORT_RETRY_S = 5.0
+# A collection whose index is missing again right after being created this often is parked.
+MAX_INDEX_RECREATIONS = 3
 # Answers to a whole bulk request that say "smaller": split the request and send again.
 _SPLIT_STATUSES = frozenset({400, 413})
 
@@ -126,6 +129,7 @@ class _Work:
     acknowledged: list[tuple[Event, str]] = field(default_factory=list)
     poison: list[Poison] = field(default_factory=list)
     parked: dict[str, tuple[str, list[Event]]] = field(default_factory=dict)
+    missing: Counter[str] = field(default_factory=Counter)  # 404s per collection
 
     def park(self, collection: str, reason: str, events: Iterable[Event] = ()) -> None:
         """Set the collection's pending events (and `events`) aside with `reason`."""
@@ -413,9 +417,16 @@ class Indexer:
         work.pending = result.pending
         work.acknowledged += result.acknowledged
         work.poison += result.poison
+        for p in result.poison:
+            log.warning("event_dead_lettered", error=p.error, **_event_context(p.message, p.record))
         for collection, (reason, events) in result.parked.items():
             work.park(collection, reason, events)
         for collection in result.missing_indices:
+            work.missing[collection] += 1
+            if work.missing[collection] > MAX_INDEX_RECREATIONS:
+                # Created and gone again and again: something removes it; stop trying hard.
+                work.park(collection, f"its index vanished {MAX_INDEX_RECREATIONS} times")
+                continue
             # Created again (and the events sent again) by the next round of `_index`.
             self._sink.forget(collection)
             log.warning("index_missing", collection=collection)

@@ -8,9 +8,10 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 
+import orjson
 import pytest
 
-from indexer.batch import APPLIED, ItemOutcome
+from indexer.batch import APPLIED, ItemOutcome, Outcome
 from indexer.consumer import ConsumedMessage, TopicPartitionKey
 from indexer.progress import IndexerState
 from indexer.service import Indexer
@@ -62,6 +63,7 @@ class MemorySink:
 
     max_request_bytes: int = 10**9
     refused: set[str] = field(default_factory=set)
+    vanishing: set[str] = field(default_factory=set)  # aliases answering 404 every time
     requests: list[tuple[int, int]] = field(default_factory=list)  # (events, bytes) taken
 
     async def ensure_index(self, collection: str) -> str:
@@ -76,7 +78,9 @@ class MemorySink:
         if sum(len(b) for b in bodies) > self.max_request_bytes:
             raise BulkRequestRefusedError(413, "413 Request Entity Too Large")
         self.requests.append((len(bodies), sum(len(b) for b in bodies)))
-        return [APPLIED] * len(bodies)
+        aliases = [orjson.loads(b.split(b"\n")[0])["index"]["_index"] for b in bodies]
+        missing = ItemOutcome(Outcome.INDEX_MISSING, "404 index_not_found_exception")
+        return [missing if a in self.vanishing else APPLIED for a in aliases]
 
 
 @dataclass
@@ -197,3 +201,18 @@ async def test_a_failing_dlq_is_retried_and_offsets_wait_for_it(running: Running
     await wait_until(lambda: len(running.source.acknowledged) == 2, what="both acknowledged")
     assert [letter.key for letter in running.dead_letters.letters] == [b"p"]
     assert running.state.retries >= 2
+
+
+async def test_an_index_that_vanishes_again_and_again_parks_its_collection(
+    running: Running,
+) -> None:
+    """A 404 makes the indexer create the index again; if it is gone again every time,
+    the collection is parked instead of looping, and the others flow."""
+    running.sink.vanishing.add(SETTINGS.es.alias_for("ghost"))
+    ghost = message_for(make_record("ghost", "g", 1), offset=0)
+    books = message_for(make_record("books", "b", 1), offset=0)
+    running.source.add([ghost, books])
+    await wait_until(lambda: "ghost" in running.state.parked, what="ghost parked")
+    assert "vanished" in running.state.parked["ghost"].reason
+    await wait_until(lambda: len(running.source.acknowledged) == 1, what="books acknowledged")
+    assert running.source.acknowledged == [books]
