@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pymongo.asynchronous.database import AsyncDatabase
 
 from api.auth_client import GrpcAuthClient, Principal
+from api.collection_limit import CollectionLimit
 from api.document_store import MongoDocumentStore
 from api.problems import ProblemError, unauthorized
 from api.validation import check_collection_name, check_document_id
@@ -124,3 +125,21 @@ async def valid_document_id(
 
 CollectionDep = Annotated[str, Depends(valid_collection)]
 DocumentIdDep = Annotated[str, Depends(valid_document_id)]
+
+
+async def get_collection_limit(request: Request) -> CollectionLimit:
+    limit: CollectionLimit = request.app.state.collection_limit
+    return limit
+
+
+async def writable_collection(
+    collection: CollectionDep,
+    _writer: WriterDep,
+    limit: Annotated[CollectionLimit, Depends(get_collection_limit)],
+) -> str:
+    """The path's collection, for a write that may create it: within the collection cap."""
+    await limit.check(collection)
+    return collection
+
+
+WritableCollectionDep = Annotated[str, Depends(writable_collection)]

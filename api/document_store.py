@@ -19,8 +19,10 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from api.validation import check_indexable
 from api.write_rules import Command, IfMatch, StoredState, WritePlan, plan_write
 from infra.envelope import OutboxRecord, new_event_id, utc_now
+from infra.index_limits import IndexLimits
 from infra.mongo import MongoClient
 from infra.settings import MongoSettings
 
@@ -74,6 +76,7 @@ class MongoDocumentStore:
         *,
         max_document_bytes: int | None = None,
         after_document_write: AfterDocumentWrite | None = None,
+        index_limits: Callable[[str], IndexLimits] | None = None,
     ) -> None:
         self._client = client
         self._db = client[settings.database]
@@ -81,6 +84,7 @@ class MongoDocumentStore:
         self._outbox: AsyncCollection[dict[str, Any]] = self._db[settings.outbox_collection]
         self._max_document_bytes = max_document_bytes
         self._after_document_write = after_document_write
+        self._index_limits = index_limits
 
     async def get(self, collection: str, document_id: str) -> StoredDocument | None:
         """The live document, or None if it never existed or was deleted."""
@@ -108,6 +112,8 @@ class MongoDocumentStore:
             plan = plan_write(
                 current, command, if_match=if_match, max_document_bytes=self._max_document_bytes
             )
+            if self._index_limits is not None and plan.document is not None:
+                check_indexable(plan.document, self._index_limits(collection))
             now = utc_now()
             stored = plan.to_mongo(document_id, now)
             if current is None:

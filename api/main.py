@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Generator
 
 import structlog
@@ -11,6 +12,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.auth_client import GrpcAuthClient, auth_channel, channel_credentials
+from api.collection_limit import CollectionLimit
 from api.document_store import MongoDocumentStore
 from api.metrics import ApiMetrics
 from api.middleware import RequestMiddleware
@@ -18,6 +20,7 @@ from api.problems import install_problem_handlers
 from api.routes import auth, documents, health, operator, search
 from infra.elastic import elastic_client
 from infra.errors import FatalError
+from infra.index_limits import index_limits
 from infra.mongo import ensure_outbox_indexes, mongo_client
 from infra.settings import ApiSettings, ConfigurationError, Settings, read_pem
 from infra.tracing import Tracing, configure_tracing
@@ -35,7 +38,10 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         es = elastic_client(settings.es)
         try:
             store = MongoDocumentStore(
-                mongo, settings.mongo, max_document_bytes=settings.api.max_body_bytes
+                mongo,
+                settings.mongo,
+                max_document_bytes=settings.api.max_body_bytes,
+                index_limits=functools.partial(index_limits, settings.es),
             )
             await ensure_outbox_indexes(mongo, settings.mongo)
             app.state.mongo = mongo
@@ -43,6 +49,9 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
             app.state.auth_client = GrpcAuthClient(channel, settings.auth)
             app.state.es = es
             app.state.document_store = store
+            app.state.collection_limit = CollectionLimit(
+                mongo[settings.mongo.database], settings.mongo, settings.api.max_collections
+            )
             log.info("api_started", auth_target=settings.auth.target)
             yield
         finally:

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from infra.index_limits import IndexLimitError, IndexLimits, check_document_limits
 from infra.naming import COLLECTION_RE
 
 DOCUMENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}$")
@@ -101,6 +102,15 @@ def check_document(document: dict[str, Any], *, max_depth: int) -> None:
             and not INT64_MIN <= value <= INT64_MAX
         ):
             raise InvalidInputError(f"integer at {path} does not fit in 64 bits")
+
+
+def check_indexable(document: dict[str, Any], limits: IndexLimits) -> None:
+    """Refuse a document Elasticsearch could not index (fields, depth, nested objects, field
+    names; `infra.index_limits`), with a message naming the limit."""
+    try:
+        check_document_limits(document, limits)
+    except IndexLimitError as e:
+        raise InvalidInputError(str(e)) from e
 
 
 def _check_key(key: str, path: str) -> None:

@@ -9,8 +9,10 @@ instead of after a fixed linger (natural batching: under load, batches grow to w
 arrived during the previous bulk, up to `batch_max_events`).
 
 Offsets move only after Elasticsearch (or the DLQ) acknowledged: the loop calls
-`acknowledge` with the batch's next-offsets and the poll thread sends them as an
-asynchronous commit within one poll interval. A synchronous commit issued while the group
+`acknowledge` with the messages that are done, the offset ledger (`indexer.offset_ledger`)
+works out how far each partition may commit (never past an unresolved message, e.g. one of
+a parked collection), and the poll thread sends that as an asynchronous commit within one
+poll interval. A synchronous commit issued while the group
 rebalances waits for a rebalance that needs this very thread to poll, and was seen to block
 for minutes; with the broker away it blocks ~45 s. The result arrives in `_on_commit`
 during a later poll; an offset stays "uncommitted" until confirmed and is sent again with
@@ -18,6 +20,11 @@ the next commit, and from the revoke callback, where the partition is still ours
 that never lands only means redelivery. Messages of revoked partitions leave the buffer
 (their new owner gets them again); a batch already in Elasticsearch finishes, but its
 offsets are not committed for a partition that is no longer ours.
+
+The partitions of a parked collection's topic are paused (`hold`): its events already
+fetched wait with the parked collection, and no more are fetched until it is released
+(librdkafka drops what it prefetched for a paused partition and fetches again from the
+next offset not yet handed out when it is resumed).
 
 Static membership (`group.instance.id`): a restarted indexer with the same instance id
 gets its partitions back at once instead of after the session timeout, and its killed
@@ -34,13 +41,14 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from indexer.offset_ledger import OffsetLedger
 from infra.errors import FatalError
 from infra.kafka import consumer_config
 from infra.settings import Settings
@@ -125,10 +133,11 @@ class KafkaEventSource:
         self._lock = threading.RLock()
         self._space = threading.Condition(self._lock)
         self._buffer: deque[ConsumedMessage] = deque()
-        self._in_flight: Counter[TopicPartitionKey] = Counter()  # taken, not acknowledged
-        self._uncommitted: dict[TopicPartitionKey, int] = {}
+        self._ledger = OffsetLedger()  # taken, resolved, committed
         self._assigned: set[TopicPartitionKey] = set()
-        self.committed: dict[TopicPartitionKey, int] = {}
+        self._held_topics: frozenset[str] = frozenset()  # topics whose partitions are paused
+        self._paused: set[TopicPartitionKey] = set()
+        self._pause_unknown: set[TopicPartitionKey] = set()  # newly assigned, not yet synced
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
@@ -161,32 +170,32 @@ class KafkaEventSource:
                 if self._buffer:
                     count = min(max_events, len(self._buffer))
                     batch = [self._buffer.popleft() for _ in range(count)]
-                    self._in_flight.update(m.topic_partition for m in batch)
+                    for m in batch:
+                        self._ledger.take(m.topic_partition, m.offset)
                     self._space.notify()
                     return batch
             await self._data.wait()
 
-    def acknowledge(self, messages: list[ConsumedMessage]) -> dict[TopicPartitionKey, int]:
-        """Elasticsearch (or the DLQ) acknowledged `messages`: commit up to them.
+    def acknowledge(self, messages: Iterable[ConsumedMessage]) -> dict[TopicPartitionKey, int]:
+        """Elasticsearch (or the DLQ) is done with `messages`: commit as far as allowed.
 
-        Returns the next-offsets queued for commit. Partitions no longer assigned are
-        skipped: their new owner commits them, and a commit from here could move its
-        offset backwards. Until a commit is confirmed (`committed`), a restart would only
-        redeliver events, which the index absorbs.
+        Returns the positions to be committed with the next commit: per partition, up to
+        its lowest message still unresolved (`OffsetLedger`). Partitions no longer assigned
+        are skipped: their new owner commits them, and a commit from here could move its
+        offset backwards. Until a commit is confirmed, a restart would only redeliver
+        events, which the index absorbs.
         """
-        offsets: dict[TopicPartitionKey, int] = {}
-        for m in messages:
-            key = m.topic_partition
-            offsets[key] = max(offsets.get(key, 0), m.offset + 1)
         with self._lock:
-            self._in_flight.subtract(m.topic_partition for m in messages)
-            self._in_flight = +self._in_flight  # drops zero and negative counts
-            queued: dict[TopicPartitionKey, int] = {}
-            for key, offset in offsets.items():
-                if key in self._assigned and offset > self._uncommitted.get(key, -1):
-                    self._uncommitted[key] = offset
-                    queued[key] = offset
-            return queued
+            touched: set[TopicPartitionKey] = set()
+            for m in messages:
+                if self._ledger.resolve(m.topic_partition, m.offset):
+                    touched.add(m.topic_partition)
+            return self._ledger.to_commit(touched & self._assigned)
+
+    def hold(self, topics: Iterable[str]) -> None:
+        """Pause fetching the partitions of exactly these topics (parked collections')."""
+        with self._lock:
+            self._held_topics = frozenset(topics)
 
     def stop(self) -> None:
         """Stop the poll thread and wait for it: it commits what was acknowledged and
@@ -218,6 +227,7 @@ class KafkaEventSource:
             )
             log.info("consumer_subscribed", pattern=self._pattern, instance_id=self.instance_id)
             while not self._stopping.is_set():
+                self._sync_pauses()
                 self._poll_once()
                 self._flush_commits()
                 self._measure_lag()
@@ -261,6 +271,25 @@ class KafkaEventSource:
             self._buffer.extend(m for m in messages if m.topic_partition in self._assigned)
         self._wake_loop()
 
+    def _sync_pauses(self) -> None:
+        """Pause the assigned partitions of held topics, resume the others that were paused."""
+        with self._lock:
+            if not (self._held_topics or self._paused or self._pause_unknown):
+                return  # the common case: nothing parked
+            wanted = {tp for tp in self._assigned if tp[0] in self._held_topics}
+            to_pause = (wanted - self._paused) | (wanted & self._pause_unknown)
+            # A newly assigned partition may keep librdkafka's pause from an earlier
+            # assignment: resume it explicitly unless it is held.
+            to_resume = ((self._paused - wanted) | (self._pause_unknown - wanted)) & self._assigned
+            self._pause_unknown.clear()
+            self._paused = wanted
+        if to_pause:
+            self._consumer.pause([TopicPartition(t, p) for t, p in sorted(to_pause)])
+            log.info("partitions_paused", partitions=[f"{t}[{p}]" for t, p in sorted(to_pause)])
+        if to_resume:
+            self._consumer.resume([TopicPartition(t, p) for t, p in sorted(to_resume)])
+            log.info("partitions_resumed", partitions=[f"{t}[{p}]" for t, p in sorted(to_resume)])
+
     def _wake_loop(self) -> None:
         self._call_in_loop(self._data.set)
 
@@ -297,7 +326,9 @@ class KafkaEventSource:
         """
         with self._lock:
             assigned = sorted(self._assigned)
-            pending = Counter(m.topic_partition for m in self._buffer) + self._in_flight
+            pending = Counter(m.topic_partition for m in self._buffer)
+            for key in assigned:
+                pending[key] += self._ledger.outstanding(key)
         if not assigned:
             return {}
         try:
@@ -320,9 +351,8 @@ class KafkaEventSource:
     # --- internals (lock held, or callbacks inside poll/consume/close on the poll thread) --
 
     def _send_commit(self, keys: set[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
-        """Send an asynchronous commit of the uncommitted offsets of `keys`."""
-        wanted = {k: v for k, v in self._uncommitted.items() if k in keys}
-        wanted = {k: v for k, v in wanted.items() if v > self.committed.get(k, -1)}
+        """Send an asynchronous commit of the positions of `keys` not yet confirmed."""
+        wanted = self._ledger.to_commit(keys)
         if not wanted:
             return {}
         partitions = [TopicPartition(t, p, o) for (t, p), o in sorted(wanted.items())]
@@ -347,14 +377,9 @@ class KafkaEventSource:
         self._commit_failed_at = None
         with self._lock:
             for tp in partitions:
-                if tp.error is None and tp.offset >= 0:
-                    self._confirm((tp.topic, tp.partition), tp.offset)
-
-    def _confirm(self, key: TopicPartitionKey, offset: int) -> None:
-        if self._uncommitted.get(key, -1) <= offset:
-            self._uncommitted.pop(key, None)
-        if offset > self.committed.get(key, -1):
-            self.committed[key] = offset
+                key = (tp.topic, tp.partition)
+                if tp.error is None and tp.offset >= 0 and key in self._assigned:
+                    self._ledger.confirmed(key, tp.offset)
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -367,7 +392,9 @@ class KafkaEventSource:
 
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         with self._lock:
-            self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+            keys = {(tp.topic, tp.partition) for tp in partitions}
+            self._assigned |= keys
+            self._pause_unknown |= keys
         log.info("partitions_assigned", partitions=_describe(partitions))
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -388,10 +415,9 @@ class KafkaEventSource:
 
     def _forget(self, keys: set[TopicPartitionKey]) -> None:
         self._assigned -= keys
-        for key in keys:
-            self.committed.pop(key, None)
-            self._uncommitted.pop(key, None)
-            self._in_flight.pop(key, None)
+        self._paused -= keys
+        self._pause_unknown -= keys
+        self._ledger.forget(keys)
         kept = [m for m in self._buffer if m.topic_partition not in keys]
         if len(kept) != len(self._buffer):
             self._buffer = deque(kept)

@@ -8,21 +8,20 @@ Transitions run on the event loop (the poll thread hands its lag over with
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from indexer import metrics
+from indexer.batch import DLQ, INDEXED, STALE
+from indexer.metrics import IndexerMetrics
 from infra.health import ProgressMonitor
 
 TopicPartitionKey = tuple[str, int]
 
 DEFAULT_STALL_AFTER_S = 30.0
-INDEXED = "indexed"
-STALE = "stale"
-DLQ = "dlq"
+__all__ = ["DLQ", "INDEXED", "STALE", "IndexerState", "ParkedInfo", "count_results"]
 
 # The dependency behind each retried operation, for readiness.
 _DEPENDENCY = {
@@ -30,6 +29,15 @@ _DEPENDENCY = {
     "es_index_create": "Elasticsearch",
     "dlq_write": "Kafka (dead-letter topic)",
 }
+
+
+@dataclass
+class ParkedInfo:
+    """A parked collection as readiness, metrics and the parking report show it."""
+
+    reason: str
+    since: datetime
+    events: int
 
 
 @dataclass
@@ -43,24 +51,26 @@ class IndexerState:
     batches: int = 0
     retries: int = 0  # Elasticsearch or DLQ attempts that failed and were retried
     retrying_since: float | None = None  # monotonic time of the first failed try, if failing
-    last_progress: float | None = None  # monotonic time of the last acknowledged batch
-    committed_offsets: dict[TopicPartitionKey, int] = field(default_factory=dict)
     lag: dict[TopicPartitionKey, int] = field(default_factory=dict)
+    parked: dict[str, ParkedInfo] = field(default_factory=dict)
     monitor: ProgressMonitor = field(
         default_factory=lambda: ProgressMonitor(stall_after_s=DEFAULT_STALL_AFTER_S)
     )
+    metrics: IndexerMetrics = field(default_factory=IndexerMetrics)
 
     @property
     def total_lag(self) -> int:
         return sum(self.lag.values())
 
-    def seconds_since_progress(self, now: float | None = None) -> float | None:
-        if self.last_progress is None:
-            return None
-        return (time.monotonic() if now is None else now) - self.last_progress
-
     async def readiness(self) -> tuple[bool, str]:
-        """For `HealthServer`: red while a dependency fails or events wait without progress."""
+        """For `HealthServer`: red while a collection is parked, a dependency fails, or
+        events wait without progress; the detail names what."""
+        if self.parked:
+            names = "; ".join(
+                f"{c} ({info.events} events, since {info.since:%H:%M:%S}): {info.reason}"
+                for c, info in sorted(self.parked.items())
+            )
+            return False, f"parked collections: {names}"
         return self.monitor.readiness()
 
     # --- transitions ---------------------------------------------------------------------
@@ -68,12 +78,17 @@ class IndexerState:
     def batch_consumed(self, events: int) -> None:
         self.events_consumed += events
 
-    def bulk_answered(self, seconds: float, end_to_end_lags: Iterable[float]) -> None:
-        """Elasticsearch answered a bulk request; `end_to_end_lags` are the commit → ack
-        seconds of the events it acknowledged."""
-        metrics.BULK_SECONDS.observe(seconds)
+    def bulk_sent(self, body_bytes: int) -> None:
+        """A bulk request of `body_bytes` went out."""
+        self.metrics.bulk_bytes.observe(body_bytes)
+
+    def bulk_answered(self, seconds: float | None, end_to_end_lags: Iterable[float]) -> None:
+        """Elasticsearch answered a bulk request (in `seconds`, when given);
+        `end_to_end_lags` are the commit → ack seconds of events it acknowledged."""
+        if seconds is not None:
+            self.metrics.bulk_seconds.observe(seconds)
         for lag in end_to_end_lags:
-            metrics.END_TO_END_LAG_SECONDS.observe(max(0.0, lag))
+            self.metrics.end_to_end_lag_seconds.observe(max(0.0, lag))
 
     def batch_acknowledged(
         self,
@@ -81,9 +96,10 @@ class IndexerState:
         results: Mapping[tuple[str, str], int],
         events: int,
     ) -> None:
-        """A batch is acknowledged (Elasticsearch and DLQ) and its offsets queued for commit.
+        """Events are acknowledged (Elasticsearch and DLQ) and their offsets queued.
 
-        `results` counts events per (collection, result), result one of indexed/stale/dlq.
+        `results` counts events per (collection, result), result one of indexed/stale/dlq;
+        `events` is the size of the batch they came in (0 for a parked collection's retry).
         """
         self.batches += 1
         for (collection, result), count in results.items():
@@ -91,20 +107,20 @@ class IndexerState:
                 self.events_applied += count
             elif result == STALE:
                 self.events_already_applied += count
-            metrics.EVENTS.labels(collection, result).inc(count)
-        metrics.BATCH_SIZE.observe(events)
-        self.last_progress = time.monotonic()
+            self.metrics.events.labels(collection, result).inc(count)
+        if events:
+            self.metrics.batch_size.observe(events)
         self.monitor.progressed()
 
     def dead_lettered(self, count: int) -> None:
         """The DLQ acknowledged `count` dead letters."""
         self.events_dead_lettered += count
-        metrics.DLQ.inc(count)
+        self.metrics.dlq.inc(count)
 
     def attempt_failed(self, operation: str, error: str) -> None:
         """A retriable failure: the operation is tried again after a pause."""
         self.retries += 1
-        metrics.RETRIES.labels(operation).inc()
+        self.metrics.retries.labels(operation).inc()
         if self.retrying_since is None:
             self.retrying_since = time.monotonic()
         dependency = _DEPENDENCY.get(operation, operation)
@@ -116,15 +132,28 @@ class IndexerState:
             self.retrying_since = None
             self.monitor.problem = None
 
+    def parked_changed(self, collection: str, info: ParkedInfo | None) -> None:
+        """A collection was parked, tried again, or released (`info` None)."""
+        if info is None:
+            if self.parked.pop(collection, None) is not None:
+                self.metrics.parked_events.remove(collection)
+        else:
+            self.parked[collection] = info
+            self.metrics.parked_events.labels(collection).set(info.events)
+        self.metrics.parked_collections.set(len(self.parked))
+
+    def parked_retry_failed(self) -> None:
+        """A parked collection was tried again and is still refused."""
+        self.retries += 1
+        self.metrics.retries.labels("parked_retry").inc()
+
     def lag_measured(self, lags: Mapping[TopicPartitionKey, int]) -> None:
         """The poll thread's latest per-partition lag (only assigned partitions)."""
         for topic, partition in set(self.lag) - set(lags):
-            # Another indexer in this process (tests) may have removed it already.
-            with contextlib.suppress(KeyError):
-                metrics.CONSUMER_LAG.remove(topic, str(partition))
+            self.metrics.consumer_lag.remove(topic, str(partition))
         self.lag = dict(lags)
         for (topic, partition), lag in lags.items():
-            metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
+            self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
         self.monitor.set_waiting(self.total_lag)
 
 

@@ -11,19 +11,27 @@ deleted document. Search filters tombstones out (`LIVE_FILTER`). A re-created do
 continues its version (MongoDB keeps the tombstone at version + 1), so it overwrites the
 tombstone normally.
 
+Every action names the collection's *alias* with ``require_alias``: should the alias be
+missing, Elasticsearch answers 404 instead of auto-creating a concrete index with the
+alias's name (default mappings, and a name no alias can take afterwards), and it never
+writes into a concrete index that happens to carry the alias's name.
+
 The `_source` layout, index naming and mapping are the shared contract in
-`infra/index_layout.py`; this module only decides which action an event becomes.
+`infra/index_layout.py`, what a document may map in `infra/index_limits.py`; this module
+only decides which action an event becomes, and which events no retry could ever index.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from infra.envelope import EventType, OutboxRecord
 from infra.index_layout import DELETED_FIELD, source_for
+from infra.index_limits import IndexLimitError, IndexLimits, check_document_limits
 from infra.naming import is_collection_name
 
 # Elasticsearch refuses ids longer than 512 bytes; the API allows far shorter ones.
@@ -48,19 +56,36 @@ class IndexAction:
     def deleted(self) -> bool:
         return bool(self.source[DELETED_FIELD])
 
-    def bulk_header(self) -> dict[str, Any]:
-        return {
-            "index": {
-                "_index": self.alias,
-                "_id": self.document_id,
-                "version": self.version,
-                "version_type": "external",
-            }
+    def bulk_header(self, *, require_alias: bool = True) -> dict[str, Any]:
+        header: dict[str, Any] = {
+            "_index": self.alias,
+            "_id": self.document_id,
+            "version": self.version,
+            "version_type": "external",
         }
+        if require_alias:
+            header["require_alias"] = True
+        return {"index": header}
+
+    def ndjson(self, *, require_alias: bool = True) -> bytes:
+        """The action's two lines of a bulk request body, newline-terminated."""
+        return b"%s\n%s\n" % (
+            orjson.dumps(self.bulk_header(require_alias=require_alias)),
+            orjson.dumps(self.source),
+        )
 
 
-def check_indexable(record: OutboxRecord, *, topic_collection: str | None = None) -> None:
-    """Raise `ProjectionError` for an event no retry could ever index."""
+def check_indexable(
+    record: OutboxRecord,
+    *,
+    topic_collection: str | None = None,
+    limits: IndexLimits | None = None,
+) -> None:
+    """Raise `ProjectionError` for an event no retry could ever index.
+
+    With `limits`, a document past them is one (`infra.index_limits`): Elasticsearch would
+    refuse it, and the stand-in would index what the real server refuses.
+    """
     if not is_collection_name(record.collection):
         raise ProjectionError(f"collection name {record.collection!r} is not indexable")
     if topic_collection is not None and topic_collection != record.collection:
@@ -72,6 +97,11 @@ def check_indexable(record: OutboxRecord, *, topic_collection: str | None = None
         raise ProjectionError(f"document id longer than {MAX_ID_BYTES} bytes")
     if record.type is not EventType.DELETED and record.payload is None:
         raise ProjectionError(f"a {record.type.value} event without a document")
+    if limits is not None and record.payload is not None:
+        try:
+            check_document_limits(record.payload, limits)
+        except IndexLimitError as e:
+            raise ProjectionError(str(e)) from e
 
 
 def action_for(
@@ -86,23 +116,3 @@ def action_for(
         version=record.version,
         source=source_for(record, indexed_at=indexed_at),
     )
-
-
-def supersedes(new_version: int, stored_version: int | None) -> bool:
-    """Elasticsearch's ``external`` rule: a write applies only if strictly newer."""
-    return stored_version is None or new_version > stored_version
-
-
-def latest_per_document(actions: Iterable[IndexAction]) -> dict[tuple[str, str], IndexAction]:
-    """Within one batch only each document's newest action matters; the rest would 409.
-
-    Keys are (alias, document id); on equal versions the first one wins, as in
-    Elasticsearch, where the second would conflict.
-    """
-    latest: dict[tuple[str, str], IndexAction] = {}
-    for action in actions:
-        key = (action.alias, action.document_id)
-        current = latest.get(key)
-        if current is None or supersedes(action.version, current.version):
-            latest[key] = action
-    return latest

@@ -1,54 +1,93 @@
 """The indexer service: Kafka `outbox.event.*` → Elasticsearch, idempotent, at least once.
 
+This module is the wiring and the loop; the rules are elsewhere, pure and tested without
+servers: `indexer.batch` (what each event becomes, what a bulk answer means, what is stale,
+dead-lettered, retried or parked), `indexer.parking` (parked collections and their retry
+schedule), `indexer.offset_ledger` (how far each partition may commit). The adapters are
+behind `indexer.ports`.
+
 A pipeline of three stages, each strictly in order:
 
 1. the poll thread (`indexer.consumer`) fetches messages into a bounded buffer;
-2. the projector task takes a batch as soon as there is one, decodes and projects it
-   (`indexer.projection`), while the previous batch is still in Elasticsearch;
-3. the indexing loop applies each batch with one bulk request, dead-letters the poison
-   events, then acknowledges the batch (its offsets are committed by the poll thread).
+2. the projector task takes a batch as soon as there is one and decodes it
+   (`batch.decode`), while the previous batch is still in Elasticsearch;
+3. the loop indexes each batch in bulk *rounds*: the indices of the batch's collections
+   are ensured (created behind their aliases on first use), each document's newest
+   pending version is sent (bulk requests capped by `OUTBOX_INDEXER_BATCH_MAX_EVENTS` and
+   `OUTBOX_INDEXER_BULK_MAX_BYTES`; a request Elasticsearch refuses as too large, 413, is
+   split in halves, down to a single event, which is then poison), and the answers are
+   settled (`batch.settle`): a poison newest version goes to the DLQ and the document's
+   next newest version is sent in the next round. Then the poison events are
+   dead-lettered and everything resolved is acknowledged.
 
-Bulks are sequential: a document's newer event is never sent before the bulk holding an
-older one was acknowledged. Offsets move only after Elasticsearch acknowledged every event
-of the batch (a 409 counts: the index already holds that version or a newer one) or the
-DLQ acknowledged its dead letter. Retriable failures retry the same batch with jittered
-backoff for as long as it takes (readiness reports the failing dependency meanwhile);
-nothing is dropped and the process stays up.
+**Isolation.** An index-level failure of one collection (its index cannot be created,
+the alias name is an existing index's, the index is blocked, closed, red or has no write
+index) *parks* that collection: its events wait in memory, its partitions are paused, and
+it is tried again with backoff; readiness names it, `outbox_indexer_parked_collections`
+counts it, and `outbox status` shows it (`infra.parked_report`). Every other collection's
+events keep being indexed, in the same batches, and the process never exits for it.
+
+**Offsets.** A message is resolved when Elasticsearch acknowledged it (indexed, or a 409:
+the index already holds that version or a newer one), or the DLQ acknowledged its dead
+letter. A partition commits up to its lowest unresolved message, never past it
+(`OffsetLedger`): a parked collection's events hold back their partitions' committed
+offsets while later events are indexed, so a restart skips nothing; redelivering the
+later ones is harmless (external versions make them 409s). Each collection has its own
+topic, so in practice a parked collection holds back only its own partitions; the rule
+does not depend on it.
+
+**Retries.** Elasticsearch unreachable, a 429/5xx for a whole request, or an item pushed
+back (`es_rejected_execution_exception`) retries the round with jittered backoff for as
+long as it takes (readiness reports it meanwhile); a DLQ write likewise. Nothing is
+dropped and the process stays up.
 
 `/healthz`, `/readyz` and `/metrics` answer on `OUTBOX_INDEXER_METRICS_PORT`; readiness
-turns red while Elasticsearch (or the DLQ) fails, or when events wait (consumer lag) and
-nothing was acknowledged for `OUTBOX_INDEXER_STALL_AFTER_SECONDS`.
+turns red while a collection is parked, while Elasticsearch (or the DLQ) fails, or when
+events wait (consumer lag) and nothing was acknowledged for
+`OUTBOX_INDEXER_STALL_AFTER_SECONDS`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import structlog
-from confluent_kafka import KafkaException
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
+from indexer.batch import (
+    DLQ,
+    INDEXED,
+    STALE,
+    Event,
+    ItemOutcome,
+    Outcome,
+    Poison,
+    chunks,
+    decode,
+    halves,
+    plan_round,
+    settle,
+)
 from indexer.consumer import ConsumedMessage, KafkaEventSource, TopicPartitionKey
 from indexer.dlq_writer import KafkaDeadLetterWriter
-from indexer.progress import DLQ, INDEXED, STALE, IndexerState, count_results
-from indexer.projection import (
-    IndexAction,
-    ProjectionError,
-    action_for,
-    check_indexable,
-    latest_per_document,
-)
-from indexer.sink import ElasticsearchSink, ItemResult
+from indexer.metrics import IndexerMetrics
+from indexer.parking import ParkingLot
+from indexer.parking_report import KafkaParkingReporter
+from indexer.ports import DeadLetterSink, EventSource, IndexSink, ParkingReporter
+from indexer.progress import IndexerState, ParkedInfo, count_results
+from indexer.sink import BulkRequestRefusedError, ElasticsearchSink, IndexUnusableError
 from infra.dead_letter import DeadLetter
 from infra.elastic import elastic_client
-from infra.envelope import EnvelopeError, OutboxRecord
-from infra.errors import RetriableError
+from infra.errors import PipelineError, RetriableError
 from infra.health import HealthServer, ProgressMonitor
-from infra.kafka import ensure_topics
+from infra.index_limits import IndexLimits, index_limits
+from infra.parked_report import REPORT_INTERVAL_S, ParkedEntry, ParkedReport
 from infra.retry import retrying
 from infra.settings import Settings
 from infra.tracing import Tracing, configure_tracing, trace_id_of
@@ -65,38 +104,42 @@ MAX_BACKOFF_S = 5.0
 SHUTDOWN_GRACE_S = 5.0
 # `event_indexed` lines are written this many at a time between other work.
 LOG_CHUNK = 50
+# A failed parking report is tried again after this long at the earliest.
+REPORT_RETRY_S = 5.0
+# A collection whose index is missing again right after being created this often is parked.
+MAX_INDEX_RECREATIONS = 3
+# Answers to a whole bulk request that say "smaller": split the request and send again.
+_SPLIT_STATUSES = frozenset({400, 413})
 
 
 @dataclass(frozen=True, slots=True)
-class _Item:
-    """One decoded event on its way to Elasticsearch."""
+class Projected:
+    """One polled batch, decoded."""
 
-    action: IndexAction
-    message: ConsumedMessage
-    record: OutboxRecord
+    messages: list[ConsumedMessage]
+    events: list[Event]
+    poison: list[Poison]
 
 
 @dataclass
-class _Batch:
-    """One polled batch and what became of each message."""
+class _Work:
+    """Events on their way through bulk rounds, and what became of them."""
 
-    messages: list[ConsumedMessage]
-    items: list[_Item] = field(default_factory=list)  # still to be acknowledged by ES
-    letters: list[DeadLetter] = field(default_factory=list)  # still to be acknowledged by the DLQ
-    letter_collections: list[str] = field(default_factory=list)  # parallel to `letters`
-    # (item, result) for every event Elasticsearch acknowledged: indexed or stale.
-    done: list[tuple[_Item, str]] = field(default_factory=list)
-    dead_lettered: list[str] = field(default_factory=list)  # collection per dead letter
+    pending: list[Event]
+    acknowledged: list[tuple[Event, str]] = field(default_factory=list)
+    poison: list[Poison] = field(default_factory=list)
+    parked: dict[str, tuple[str, list[Event]]] = field(default_factory=dict)
+    missing: Counter[str] = field(default_factory=Counter)  # 404s per collection
 
-    def next_offsets(self) -> dict[TopicPartitionKey, int]:
-        offsets: dict[TopicPartitionKey, int] = {}
-        for m in self.messages:
-            key = m.topic_partition
-            offsets[key] = max(offsets.get(key, 0), m.offset + 1)
-        return offsets
+    def park(self, collection: str, reason: str, events: Iterable[Event] = ()) -> None:
+        """Set the collection's pending events (and `events`) aside with `reason`."""
+        moved = [e for e in self.pending if e.collection == collection]
+        self.pending = [e for e in self.pending if e.collection != collection]
+        _, already = self.parked.setdefault(collection, (reason, []))
+        already += [*events, *moved]
 
 
-def _event_context(message: ConsumedMessage, record: OutboxRecord | None) -> dict[str, Any]:
+def _event_context(message: ConsumedMessage, record: Any | None) -> dict[str, Any]:
     context: dict[str, Any] = {
         "topic": message.topic,
         "partition": message.partition,
@@ -113,7 +156,7 @@ def _event_context(message: ConsumedMessage, record: OutboxRecord | None) -> dic
     return context
 
 
-def _describe(messages: list[ConsumedMessage]) -> list[str]:
+def _describe(messages: Iterable[ConsumedMessage]) -> list[str]:
     """`topic[partition]@first-last` per partition of a batch."""
     ranges: dict[TopicPartitionKey, tuple[int, int]] = {}
     for m in messages:
@@ -137,16 +180,18 @@ def dead_letter_for(message: ConsumedMessage, error: str) -> DeadLetter:
 
 
 class Indexer:
-    """Runs the poll → project → bulk → dead-letter → acknowledge pipeline until cancelled."""
+    """Runs the poll → decode → bulk rounds → dead-letter → acknowledge loop until cancelled."""
 
     def __init__(
         self,
         settings: Settings,
         *,
-        source: KafkaEventSource,
-        sink: ElasticsearchSink,
-        dead_letters: KafkaDeadLetterWriter,
+        source: EventSource,
+        sink: IndexSink,
+        dead_letters: DeadLetterSink,
         state: IndexerState,
+        reporter: ParkingReporter | None = None,
+        instance: str = "",
         tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
@@ -155,100 +200,343 @@ class Indexer:
         self._sink = sink
         self._dead_letters = dead_letters
         self._state = state
+        self._reporter = reporter
+        self._instance = instance
         self._topic_prefix = settings.kafka.event_topic("")
-        # Confirmed commits land in the source's dict from the commit callback.
-        state.committed_offsets = source.committed
-        self._dlq_topic_ready = False
+        self._lot = ParkingLot(max_retry_s=settings.indexer.parked_retry_max_seconds)
+        self._limits: dict[str, IndexLimits] = {}
         self._log_tasks: set[asyncio.Task[None]] = set()
+        self._dlq_ready = False
+        self._report_due = True
+        self._reported_reasons: dict[str, str] = {}
+        self._reported_at = float("-inf")
+        self._report_failed_at = float("-inf")
 
     async def run(self) -> None:
         self._source.start()
-        # One projected batch waits while the previous one is in Elasticsearch.
-        projected: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
+        await self._report_parked(starting=True)
+        # One decoded batch waits while the previous one is in Elasticsearch.
+        projected: asyncio.Queue[Projected] = asyncio.Queue(maxsize=1)
         projector = asyncio.create_task(self._project_batches(projected), name="indexer-project")
         try:
             while True:
-                batch = await self._next_projected(projected, projector)
-                await self._process_with_grace(batch)
+                batch = await self._next_projected(
+                    projected, projector, wait_s=self._lot.seconds_until_due()
+                )
+                if batch is not None:
+                    await self._with_grace(self._process(batch), len(batch.messages))
+                for collection in self._lot.due():
+                    await self._with_grace(self._retry_parked(collection), 0)
+                await self._report_parked()
         finally:
             projector.cancel()
             await asyncio.gather(projector, *self._log_tasks, return_exceptions=True)
             self._dead_letters.close()
             await asyncio.to_thread(self._source.stop)
             await asyncio.to_thread(self._dead_letters.shutdown)
+            await self._report_parked(stopping=True)
 
     async def _next_projected(
-        self, projected: asyncio.Queue[_Batch], projector: asyncio.Task[None]
-    ) -> _Batch:
-        """The next projected batch; raises what stopped the projector (a fatal error)."""
+        self,
+        projected: asyncio.Queue[Projected],
+        projector: asyncio.Task[None],
+        *,
+        wait_s: float | None,
+    ) -> Projected | None:
+        """The next decoded batch, or None after `wait_s` (a parked retry is due).
+
+        Raises what stopped the projector (a fatal consumer error).
+        """
         if not projected.empty():
             return projected.get_nowait()
         getter = asyncio.ensure_future(projected.get())
         try:
-            await asyncio.wait({getter, projector}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {getter, projector}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             if not getter.done():
                 getter.cancel()
         if getter.done() and not getter.cancelled():
             return getter.result()
-        projector.result()  # raises the projector's error
-        raise AssertionError("unreachable: the projector never returns")
+        if projector.done():
+            projector.result()  # raises the projector's error
+            raise AssertionError("unreachable: the projector never returns")
+        return None
 
-    async def _project_batches(self, projected: asyncio.Queue[_Batch]) -> None:
+    async def _project_batches(self, projected: asyncio.Queue[Projected]) -> None:
         max_events = self._settings.indexer.batch_max_events
         while True:
             messages = await self._source.next_batch(max_events)
-            batch = _Batch(messages)
-            await self._project(batch)
-            await projected.put(batch)
+            events, poison = decode(
+                messages,
+                topic_prefix=self._topic_prefix,
+                alias_for=self._settings.es.alias_for,
+                limits_for=self._limits_for,
+                indexed_at=datetime.now(UTC),
+            )
+            for p in poison:
+                log.warning(
+                    "event_dead_lettered", error=p.error, **_event_context(p.message, p.record)
+                )
+            await projected.put(Projected(messages, events, poison))
 
-    async def _process_with_grace(self, batch: _Batch) -> None:
-        task = asyncio.ensure_future(self._process(batch))
+    def _limits_for(self, collection: str) -> IndexLimits:
+        limits = self._limits.get(collection)
+        if limits is None:
+            limits = self._limits[collection] = index_limits(self._settings.es, collection)
+        return limits
+
+    async def _with_grace(self, work: Awaitable[None], events: int) -> None:
+        """Run `work`; on cancellation (shutdown) give it a moment to finish and commit."""
+        task = asyncio.ensure_future(work)
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_GRACE_S)
             if done:
-                log.info("batch_finished_on_shutdown", events=len(batch.messages))
+                log.info("batch_finished_on_shutdown", events=events)
             else:
-                log.warning("batch_abandoned_on_shutdown", events=len(batch.messages))
+                log.warning("batch_abandoned_on_shutdown", events=events)
                 task.cancel()
                 await asyncio.wait({task})
             raise
 
-    async def _process(self, batch: _Batch) -> None:
+    # --- a batch ---------------------------------------------------------------------------
+
+    async def _process(self, batch: Projected) -> None:
         # Every line logged for this batch (retries included) says which messages it holds.
         with structlog.contextvars.bound_contextvars(batch=_describe(batch.messages)):
-            await self._process_bound(batch)
+            started = time.monotonic()
+            self._state.batch_consumed(len(batch.messages))
+            self._forget_revoked()
+            waiting = [e for e in batch.events if e.collection in self._lot]
+            if waiting:
+                self._lot.hold(waiting)
+                self._parked_changed()
+            work = await self._index([e for e in batch.events if e.collection not in self._lot])
+            for collection, (reason, events) in work.parked.items():
+                self._park(collection, reason, events)
+            await self._finish(
+                work.acknowledged, [*batch.poison, *work.poison], len(batch.messages), started
+            )
 
-    async def _process_bound(self, batch: _Batch) -> None:
-        started = time.monotonic()
-        started_ns = time.time_ns()
-        self._state.batch_consumed(len(batch.messages))
-        if batch.items:
-            await self._retry_forever("es_bulk", lambda: self._apply(batch))
-        if batch.letters:
-            await self._retry_forever("dlq_write", lambda: self._write_dead_letters(batch))
-        queued = self._source.acknowledge(batch.messages)
-        self._log_indexed(batch.done)
-        if self._tracing.enabled:
-            self._trace_indexed(batch.done, started_ns)
-        results = count_results(
-            [(item.record.collection, result) for item, result in batch.done]
-            + [(collection, DLQ) for collection in batch.dead_lettered]
+    async def _retry_parked(self, collection: str) -> None:
+        """Try a parked collection again: its index checked anew, its waiting events sent."""
+        self._forget_revoked()
+        parked = self._lot.parked.get(collection)
+        if parked is None:
+            return
+        events = parked.held()
+        with structlog.contextvars.bound_contextvars(parked=collection):
+            started = time.monotonic()
+            self._sink.forget(collection)
+            work = await self._index(events)
+            if collection in work.parked:
+                reason, remaining = work.parked[collection]
+                self._lot.failed_again(collection, reason, remaining)
+                self._state.parked_retry_failed()
+                log.warning(
+                    "parked_collection_still_refused",
+                    collection=collection,
+                    reason=reason,
+                    events=len(remaining),
+                    attempts=self._lot.parked[collection].attempts,
+                )
+            else:
+                self._lot.release(collection)
+                log.info("parked_collection_released", collection=collection, events=len(events))
+            self._parked_changed()
+            await self._finish(work.acknowledged, work.poison, 0, started)
+
+    def _park(self, collection: str, reason: str, events: list[Event]) -> None:
+        if self._lot.park(collection, reason, events):
+            log.warning(
+                "collection_parked",
+                collection=collection,
+                reason=reason,
+                events=len(events),
+                topic=self._settings.kafka.event_topic(collection),
+            )
+        self._parked_changed()
+
+    def _forget_revoked(self) -> None:
+        """Parked events of partitions no longer ours are their new owner's business."""
+        for collection in self._lot.keep_partitions(self._source.assigned):
+            log.info("parked_collection_handed_over", collection=collection)
+            self._parked_changed()
+
+    def _parked_changed(self) -> None:
+        """Readiness, metrics, paused partitions and the report follow the parking lot."""
+        for collection in set(self._state.parked) - set(self._lot.parked):
+            self._state.parked_changed(collection, None)
+        for collection, parked in self._lot.parked.items():
+            self._state.parked_changed(
+                collection, ParkedInfo(parked.reason, parked.since, len(parked.events))
+            )
+        self._source.hold(self._settings.kafka.event_topic(c) for c in self._lot.parked)
+        reasons = {c: p.reason for c, p in self._lot.parked.items()}
+        if reasons != self._reported_reasons:
+            # Event counts alone wait for the next heartbeat.
+            self._reported_reasons = reasons
+            self._report_due = True
+
+    # --- bulk rounds -------------------------------------------------------------------------
+
+    async def _index(self, events: Sequence[Event]) -> _Work:
+        """Send `events` in rounds until each is acknowledged, poison or parked."""
+        work = _Work(list(events))
+        while work.pending:
+            await self._retry_forever("es_index_create", lambda: self._ensure_indices(work))
+            if work.pending:
+                await self._retry_forever("es_bulk", lambda: self._round(work))
+        return work
+
+    async def _ensure_indices(self, work: _Work) -> None:
+        for collection in sorted({e.collection for e in work.pending}):
+            try:
+                await self._sink.ensure_index(collection)
+            except IndexUnusableError as e:
+                work.park(collection, str(e))
+
+    async def _round(self, work: _Work) -> None:
+        """One bulk round; raises `RetriableError` (after keeping what it achieved) when
+        Elasticsearch pushed back, so the retry policy pauses before the next."""
+        sent = plan_round(work.pending)
+        outcomes = await self._send(sent)
+        result = settle(work.pending, sent, outcomes)
+        acked_at = datetime.now(UTC)
+        self._state.bulk_answered(
+            None,
+            [
+                (acked_at - event.record.time).total_seconds()
+                for event, _ in result.acknowledged
+                if not event.record.replayed
+            ],
         )
-        self._state.batch_acknowledged(results=results, events=len(batch.messages))
+        work.pending = result.pending
+        work.acknowledged += result.acknowledged
+        work.poison += result.poison
+        for p in result.poison:
+            log.warning("event_dead_lettered", error=p.error, **_event_context(p.message, p.record))
+        for collection, (reason, events) in result.parked.items():
+            work.park(collection, reason, events)
+        for collection in result.missing_indices:
+            work.missing[collection] += 1
+            if work.missing[collection] > MAX_INDEX_RECREATIONS:
+                # Created and gone again and again: something removes it; stop trying hard.
+                work.park(collection, f"its index vanished {MAX_INDEX_RECREATIONS} times")
+                continue
+            # Created again (and the events sent again) by the next round of `_index`.
+            self._sink.forget(collection)
+            log.warning("index_missing", collection=collection)
+        if result.retry_error:
+            raise RetriableError(
+                f"{len(work.pending)} bulk items must be retried: {result.retry_error}"
+            )
+
+    async def _send(self, events: list[Event]) -> list[ItemOutcome]:
+        """One outcome per event, in bulk requests capped by events and bytes."""
+        outcomes: dict[int, ItemOutcome] = {}
+        requests = chunks(
+            events,
+            max_events=self._settings.indexer.batch_max_events,
+            max_bytes=self._settings.indexer.bulk_max_bytes,
+        )
+        failed: RetriableError | None = None
+        for request in requests:
+            if failed is None:
+                failed = await self._send_request(request, outcomes)
+            if failed is not None:
+                # Elasticsearch is away: the rest waits for the retry instead of timing out.
+                outcomes.update((id(e), ItemOutcome(Outcome.RETRY, str(failed))) for e in request)
+        return [outcomes[id(e)] for e in events]
+
+    async def _send_request(
+        self, request: list[Event], outcomes: dict[int, ItemOutcome]
+    ) -> RetriableError | None:
+        """Send one bulk request, splitting it if Elasticsearch says it is too large."""
+        self._state.bulk_sent(sum(len(e.body) for e in request))
+        sent_at = time.monotonic()
+        try:
+            answers = await self._sink.bulk([e.body for e in request])
+        except RetriableError as e:
+            return e
+        except BulkRequestRefusedError as e:
+            if e.status not in _SPLIT_STATUSES:
+                return RetriableError(str(e))
+            if len(request) == 1:
+                outcomes[id(request[0])] = ItemOutcome(
+                    Outcome.POISON, f"Elasticsearch refuses this event even alone: {e}"
+                )
+                return None
+            log.warning("bulk_request_split", events=len(request), status=e.status)
+            for half in halves(request):
+                failed = await self._send_request(half, outcomes)
+                if failed is not None:
+                    return failed
+            return None
+        self._state.bulk_answered(time.monotonic() - sent_at, ())
+        outcomes.update((id(e), answer) for e, answer in zip(request, answers, strict=True))
+        return None
+
+    # --- acknowledging -----------------------------------------------------------------------
+
+    async def _finish(
+        self,
+        acknowledged: list[tuple[Event, str]],
+        poison: list[Poison],
+        consumed: int,
+        started: float,
+    ) -> None:
+        """Dead-letter `poison`, then acknowledge it and `acknowledged` (offsets move)."""
+        started_ns = time.time_ns()
+        if poison:
+            await self._dead_letter([dead_letter_for(p.message, p.error) for p in poison])
+        queued = self._source.acknowledge(
+            [e.message for e, _ in acknowledged] + [p.message for p in poison]
+        )
+        if not acknowledged and not poison and not consumed:
+            return
+        self._log_indexed(acknowledged)
+        if self._tracing.enabled:
+            self._trace_indexed(acknowledged, started_ns)
+        results = count_results(
+            [(event.collection, result) for event, result in acknowledged]
+            + [(p.collection, DLQ) for p in poison]
+        )
+        self._state.batch_acknowledged(results=results, events=consumed)
         log.info(
             "batch_indexed",
-            events=len(batch.messages),
+            events=consumed,
             indexed=results_total(results, INDEXED),
             stale=results_total(results, STALE),
-            dead_lettered=len(batch.dead_lettered),
+            dead_lettered=len(poison),
+            parked=sum(len(p.events) for p in self._lot.parked.values()),
             commit_queued_partitions=len(queued),
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
 
-    def _log_indexed(self, done: list[tuple[_Item, str]]) -> None:
+    async def _dead_letter(self, letters: list[DeadLetter]) -> None:
+        pending = list(letters)
+
+        async def attempt() -> None:
+            nonlocal pending
+            if not self._dlq_ready:
+                # Before the first dead letter, so Kafka never auto-creates the topic with
+                # its defaults; a problem here delays only batches with poison.
+                await self._dead_letters.prepare()
+                self._dlq_ready = True
+            pending = await self._in_thread(
+                self._dead_letters.deliver, pending, interrupt=self._dead_letters.close
+            )
+            if pending:
+                raise RetriableError(f"{len(pending)} dead letters undelivered")
+
+        await self._retry_forever("dlq_write", attempt)
+        self._state.dead_lettered(len(letters))
+
+    def _log_indexed(self, done: list[tuple[Event, str]]) -> None:
         """One `event_indexed` line per acknowledged event, written while the next bulk is
         in flight: rendering a thousand lines is a sizeable share of a batch's time. The
         task inherits this batch's bound context (a copy of the contextvars)."""
@@ -258,135 +546,61 @@ class Indexer:
         self._log_tasks.add(task)
         task.add_done_callback(self._log_tasks.discard)
 
-    def _trace_indexed(self, done: list[tuple[_Item, str]], started_ns: int) -> None:
+    def _trace_indexed(self, done: list[tuple[Event, str]], started_ns: int) -> None:
         """One span per event under the write's trace, spanning its batch's bulk request."""
         ended_ns = time.time_ns()
-        for item, result in done:
+        for event, result in done:
             self._tracing.record_span(
                 "outbox.index",
-                parent=item.record.traceparent,
+                parent=event.record.traceparent,
                 start_ns=started_ns,
                 end_ns=ended_ns,
                 attributes={
-                    "outbox.event_id": item.record.event_id,
-                    "outbox.collection": item.record.collection,
-                    "outbox.version": item.record.version,
+                    "outbox.event_id": event.record.event_id,
+                    "outbox.collection": event.record.collection,
+                    "outbox.version": event.record.version,
                     "outbox.result": result,
                 },
             )
 
-    async def _project(self, batch: _Batch) -> None:
-        """Decode every message into an index action, or a dead letter for poison."""
-        now = datetime.now(UTC)
-        aliases: dict[str, str] = {}
-        for message in batch.messages:
-            record: OutboxRecord | None = None
-            try:
-                record = OutboxRecord.from_kafka(
-                    key=message.key, value=message.value, headers=message.headers
-                )
-                check_indexable(
-                    record, topic_collection=message.topic.removeprefix(self._topic_prefix)
-                )
-            except (EnvelopeError, ProjectionError) as e:
-                self._poison(batch, message, record, str(e))
-                continue
-            alias = aliases.get(record.collection)
-            if alias is None:
-                alias = await self._ensure_index(record.collection)
-                aliases[record.collection] = alias
-            action = action_for(record, alias=alias, indexed_at=now)
-            batch.items.append(_Item(action, message, record))
+    # --- the parking report --------------------------------------------------------------
 
-    async def _ensure_index(self, collection: str) -> str:
-        return await self._retry_forever(
-            "es_index_create", lambda: self._sink.ensure_index(collection)
+    async def _report_parked(self, *, starting: bool = False, stopping: bool = False) -> None:
+        """Publish the parked collections for `outbox status`: when they changed, every
+        `REPORT_INTERVAL_S` while any wait, and (empty) on start and stop. Best effort: a
+        failed report is tried again after `REPORT_RETRY_S`."""
+        if self._reporter is None:
+            return
+        now = time.monotonic()
+        if not (starting or stopping):
+            if now - self._report_failed_at < REPORT_RETRY_S:
+                return
+            heartbeat = bool(self._lot.parked) and now - self._reported_at >= REPORT_INTERVAL_S
+            if not (self._report_due or heartbeat):
+                return
+        parked = (
+            ()
+            if stopping
+            else tuple(
+                ParkedEntry(c, p.reason, p.since, len(p.events))
+                for c, p in sorted(self._lot.parked.items())
+            )
         )
-
-    def _poison(
-        self, batch: _Batch, message: ConsumedMessage, record: OutboxRecord | None, error: str
-    ) -> None:
-        batch.letters.append(dead_letter_for(message, error))
-        batch.letter_collections.append(
-            record.collection if record else message.topic.removeprefix(self._topic_prefix)
-        )
-        log.warning("event_dead_lettered", error=error, **_event_context(message, record))
-
-    async def _apply(self, batch: _Batch) -> None:
-        """One bulk request for the newest action per document; raise to retry the rest."""
-        by_action = {id(item.action): item for item in batch.items}
-        latest = [
-            by_action[id(a)]
-            for a in latest_per_document(item.action for item in batch.items).values()
-        ]
-        kept = {id(item) for item in latest}
-        # Superseded in this batch: Elasticsearch would answer 409 once the newer one is in.
-        superseded = [item for item in batch.items if id(item) not in kept]
-        batch.items = latest
-        sent_at = time.monotonic()
-        outcomes = await self._sink.bulk([item.action for item in latest])
-        acked_at = datetime.now(UTC)
-        retry: list[_Item] = []
-        retry_error = ""
-        acknowledged: list[_Item] = []
-        for item, outcome in zip(latest, outcomes, strict=True):
-            if outcome.result is ItemResult.APPLIED:
-                batch.done.append((item, INDEXED))
-                acknowledged.append(item)
-            elif outcome.result is ItemResult.ALREADY_APPLIED:
-                batch.done.append((item, STALE))
-                acknowledged.append(item)
-            elif outcome.result is ItemResult.POISON:
-                self._poison(batch, item.message, item.record, outcome.error)
-            else:
-                retry.append(item)
-                retry_error = retry_error or outcome.error
-                self._sink.forget(item.action.alias)
-        if not retry:
-            # The superseded events count as acknowledged with the event that replaced them.
-            batch.done += [(item, STALE) for item in superseded]
-            acknowledged += superseded
+        report = ParkedReport(self._instance, datetime.now(UTC), parked)
+        try:
+            if starting:
+                await self._reporter.prepare()
+            await asyncio.to_thread(self._reporter.publish, report)
+        except PipelineError as e:
+            self._report_failed_at = now
+            log.warning("parked_report_failed", error=str(e))
         else:
-            retry += superseded
-        self._state.bulk_answered(
-            time.monotonic() - sent_at,
-            [
-                (acked_at - item.record.time).total_seconds()
-                for item in acknowledged
-                if not item.record.replayed
-            ],
-        )
-        # What succeeded is not sent again; raising hands the pause to the retry policy.
-        batch.items = retry
-        if retry:
-            raise RetriableError(f"{len(retry)} bulk items must be retried: {retry_error}")
+            self._report_due = False
+            self._reported_at = now
+        if stopping:
+            await asyncio.to_thread(self._reporter.close)
 
-    async def _write_dead_letters(self, batch: _Batch) -> None:
-        if not self._dlq_topic_ready:
-            try:
-                await ensure_topics(self._settings.kafka, {self._dead_letters.topic: {}})
-            except KafkaException as e:
-                raise RetriableError(f"creating {self._dead_letters.topic}: {e}") from e
-            self._dlq_topic_ready = True
-        undelivered = await self._in_thread(
-            self._dead_letters.deliver, batch.letters, interrupt=self._dead_letters.close
-        )
-        kept = {id(letter) for letter in undelivered}
-        delivered = [
-            collection
-            for letter, collection in zip(batch.letters, batch.letter_collections, strict=True)
-            if id(letter) not in kept
-        ]
-        batch.dead_lettered += delivered
-        self._state.dead_lettered(len(delivered))
-        batch.letter_collections = [
-            collection
-            for letter, collection in zip(batch.letters, batch.letter_collections, strict=True)
-            if id(letter) in kept
-        ]
-        batch.letters = undelivered
-        if undelivered:
-            raise RetriableError(f"{len(undelivered)} dead letters undelivered")
+    # --- helpers -------------------------------------------------------------------------
 
     async def _retry_forever(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Retry `fn` on `RetriableError` with jittered backoff, without a total limit."""
@@ -422,15 +636,24 @@ class Indexer:
             raise
 
 
-async def _write_indexed_lines(done: list[tuple[_Item, str]]) -> None:
-    for i, (item, result) in enumerate(done, start=1):
-        log.info("event_indexed", result=result, **_event_context(item.message, item.record))
+async def _write_indexed_lines(done: list[tuple[Event, str]]) -> None:
+    for i, (event, result) in enumerate(done, start=1):
+        log.info("event_indexed", result=result, **_event_context(event.message, event.record))
         if i % LOG_CHUNK == 0:
             await asyncio.sleep(0)  # let the next bulk's I/O in
 
 
 def results_total(results: dict[tuple[str, str], int], result: str) -> int:
     return sum(count for (_collection, r), count in results.items() if r == result)
+
+
+def process_registry() -> CollectorRegistry:
+    """A registry of its own for one service, with the process, platform and GC metrics."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
 
 
 async def serve(settings: Settings, *, state: IndexerState | None = None) -> None:
@@ -440,10 +663,13 @@ async def serve(settings: Settings, *, state: IndexerState | None = None) -> Non
     """
     indexer_settings = settings.indexer
     if state is None:
-        state = IndexerState()
+        state = IndexerState(metrics=IndexerMetrics(process_registry()))
     state.monitor = ProgressMonitor(stall_after_s=indexer_settings.stall_after_seconds)
     health = HealthServer(
-        indexer_settings.metrics_host, indexer_settings.metrics_port, state.readiness
+        indexer_settings.metrics_host,
+        indexer_settings.metrics_port,
+        state.readiness,
+        registry=state.metrics.registry,
     )
     async with health:
         await _serve(settings, state)
@@ -458,13 +684,14 @@ async def _serve(settings: Settings, state: IndexerState) -> None:
             state.lag_measured(lags)
 
     source = KafkaEventSource(settings, on_lag=on_lag)
-    dead_letters = KafkaDeadLetterWriter(settings.kafka)
     indexer = Indexer(
         settings,
         source=source,
         sink=ElasticsearchSink(es, settings.es),
-        dead_letters=dead_letters,
+        dead_letters=KafkaDeadLetterWriter(settings.kafka),
         state=state,
+        reporter=KafkaParkingReporter(settings.kafka),
+        instance=source.instance_id,
         tracing=configure_tracing("indexer"),
     )
     log.info(

@@ -1,20 +1,28 @@
-"""Elasticsearch side of the indexer: indices behind aliases and one bulk request per batch."""
+"""Elasticsearch side of the indexer: each collection's index behind its alias, bulk requests.
+
+`ensure_index` checks before it creates: an alias may not take the name of an existing
+concrete index. Elasticsearch refuses such an alias (`invalid_alias_name_exception`); the
+embedded stand-in accepts it and then mixes the two indices' documents, so the check is
+ours. It happens when a deployment from before the `.v<N>` naming still has a
+`<alias>-v<N>` index and a writer uses the collection named like it (`books-v1` for
+`books`'s `outbox-books-v1`). Any index-level refusal (that one, a bad mapping override,
+the shard limit, a 4xx from index creation) is `IndexUnusableError`: the service parks
+that collection; it never stops the process.
+"""
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, cast
 
-import orjson
 import structlog
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 
-from indexer.projection import IndexAction
-from infra.elastic import is_retriable_status, map_elastic_error
-from infra.errors import FatalError, RetriableError
+from indexer.batch import APPLIED, ItemOutcome, classify_item
+from infra.elastic import is_retriable_status
+from infra.errors import PipelineError, RetriableError
 from infra.index_layout import index_mapping, index_name
+from infra.index_limits import index_limits
 from infra.settings import ElasticSettings
 
 log = structlog.get_logger(__name__)
@@ -23,64 +31,54 @@ log = structlog.get_logger(__name__)
 _BULK_FILTER_PATH = "errors,items.*.status,items.*.error.type,items.*.error.reason"
 
 
-class ItemResult(enum.Enum):
-    APPLIED = "applied"
-    ALREADY_APPLIED = "already_applied"  # 409: the index holds this version or a newer one
-    POISON = "poison"  # a 4xx no retry can fix (mapping conflict, bad id, ...)
-    RETRY = "retry"  # 429, 5xx, or the index vanished under us
+class IndexUnusableError(PipelineError):
+    """A collection's index cannot take writes for now (the collection is parked)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ItemOutcome:
-    result: ItemResult
-    error: str = ""
+class BulkRequestRefusedError(PipelineError):
+    """Elasticsearch refused a whole bulk request with a 4xx (413: too large)."""
 
-
-def classify_item(status: int, error: Mapping[str, Any] | None) -> ItemOutcome:
-    """One bulk item's status → what the indexer does with its event."""
-    if 200 <= status < 300:
-        return ItemOutcome(ItemResult.APPLIED)
-    reason = ""
-    if error:
-        reason = f"{error.get('type', 'error')}: {error.get('reason', '')}"
-    if status == 409:
-        return ItemOutcome(ItemResult.ALREADY_APPLIED, reason)
-    # 404: the index behind the alias was removed (an operator's mistake or a reindex in
-    # flight); recreating it and retrying loses nothing.
-    if status == 404 or is_retriable_status(status):
-        return ItemOutcome(ItemResult.RETRY, f"{status} {reason}")
-    return ItemOutcome(ItemResult.POISON, f"Elasticsearch rejected the event ({status}) {reason}")
-
-
-def bulk_body(actions: Sequence[IndexAction]) -> bytes:
-    """NDJSON for the bulk API, serialised once with orjson."""
-    parts: list[bytes] = []
-    for action in actions:
-        parts.append(orjson.dumps(action.bulk_header()))
-        parts.append(orjson.dumps(action.source))
-    parts.append(b"")
-    return b"\n".join(parts)
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ElasticsearchSink:
-    """Creates each collection's index on first use and applies batches with one bulk call."""
+    """Creates each collection's index on first use and sends bulk requests."""
 
     def __init__(self, client: AsyncElasticsearch, settings: ElasticSettings) -> None:
         self._client = client
         self._settings = settings
         self._ready_aliases: set[str] = set()
 
+    def alias_for(self, collection: str) -> str:
+        return self._settings.alias_for(collection)
+
     async def ensure_index(self, collection: str) -> str:
-        """The collection's alias, after creating index and alias if neither exists yet."""
-        alias = self._settings.alias_for(collection)
+        """The collection's alias, after creating index and alias if neither exists yet.
+
+        Raises `IndexUnusableError` when Elasticsearch will not let the collection have
+        its index (park it), `RetriableError` when Elasticsearch is unreachable or busy.
+        """
+        alias = self.alias_for(collection)
         if alias in self._ready_aliases:
             return alias
         try:
-            exists = bool(await self._client.indices.exists_alias(name=alias))
-            if not exists:
+            if not await self._client.indices.exists_alias(name=alias):
+                if await self._client.indices.exists(index=alias):
+                    raise IndexUnusableError(
+                        f"{alias!r} is a concrete index, so it cannot be the alias of "
+                        f"collection {collection!r} (an index of another collection from "
+                        f"before the `.v<N>` naming?); `outbox reindex` that collection "
+                        f"to free the name"
+                    )
                 await self._create(collection, alias)
-        except (TransportError, ApiError) as e:
-            raise map_elastic_error(e) from e
+        except ApiError as e:
+            if is_retriable_status(e.meta.status):
+                raise RetriableError(f"Elasticsearch {e.meta.status} for {alias}: {e}") from e
+            raise IndexUnusableError(f"Elasticsearch refused index {alias}: {e}") from e
+        except TransportError as e:
+            raise RetriableError(f"Elasticsearch unreachable: {e}") from e
         self._ready_aliases.add(alias)
         return alias
 
@@ -89,49 +87,54 @@ class ElasticsearchSink:
         try:
             mapping = index_mapping(self._settings.mappings.get(collection))
         except ValueError as e:
-            raise FatalError(f"OUTBOX_ES_MAPPINGS for {collection!r}: {e}") from e
+            raise IndexUnusableError(f"OUTBOX_ES_MAPPINGS for {collection!r}: {e}") from e
         try:
             await self._client.indices.create(
-                index=index, mappings=mapping, aliases={alias: {"is_write_index": True}}
+                index=index,
+                mappings=mapping,
+                settings=index_limits(self._settings, collection).index_settings(),
+                aliases={alias: {"is_write_index": True}},
             )
         except ApiError as e:
-            if _error_type(e) == "resource_already_exists_exception":
-                # Another indexer won the race, or the alias was removed by hand: make sure
-                # the alias points at the index again.
-                await self._client.indices.put_alias(index=index, name=alias)
-                return
-            if is_retriable_status(e.meta.status):
-                raise RetriableError(f"creating index {index}: {e}") from e
-            # A bad mapping override is a configuration error: no event can fix it.
-            raise FatalError(f"Elasticsearch refused to create index {index}: {e}") from e
+            if _error_type(e) != "resource_already_exists_exception":
+                raise
+            # Another indexer won the race, or the alias was removed by hand: make sure
+            # the alias points at the index again.
+            await self._client.indices.put_alias(index=index, name=alias)
+            return
         log.info("index_created", collection=collection, index=index, alias=alias)
 
-    def forget(self, alias: str) -> None:
-        """Check the alias again before the next write (after a 404 from the bulk API)."""
-        self._ready_aliases.discard(alias)
+    def forget(self, collection: str) -> None:
+        """Check the collection's alias again before its next write (after a 404)."""
+        self._ready_aliases.discard(self.alias_for(collection))
 
-    async def bulk(self, actions: Sequence[IndexAction]) -> list[ItemOutcome]:
-        """Apply `actions` in one request; one outcome per action, in order.
+    async def bulk(self, bodies: Sequence[bytes]) -> list[ItemOutcome]:
+        """Send the actions' NDJSON `bodies` as one request; one outcome each, in order.
 
-        Raises `RetriableError` when the request as a whole failed (connection loss,
-        429, 5xx): nothing is known about any item then, and the caller retries them all.
+        Raises `RetriableError` when the request as a whole failed (connection loss, 429,
+        5xx): nothing is known about any item then. Raises `BulkRequestRefusedError` for a
+        4xx answer to the whole request (413: larger than `http.max_content_length`).
         """
-        if not actions:
+        if not bodies:
             return []
         try:
             response = await self._client.bulk(
                 # Pre-serialised NDJSON bytes pass through the client's serializer as is.
-                operations=cast(Any, bulk_body(actions)),
+                operations=cast(Any, b"".join(bodies)),
                 filter_path=_BULK_FILTER_PATH,
             )
-        except (TransportError, ApiError) as e:
-            raise map_elastic_error(e) from e
+        except ApiError as e:
+            if is_retriable_status(e.meta.status):
+                raise RetriableError(f"Elasticsearch {e.meta.status}: {e}") from e
+            raise BulkRequestRefusedError(e.meta.status, f"bulk request refused: {e}") from e
+        except TransportError as e:
+            raise RetriableError(f"Elasticsearch unreachable: {e}") from e
         body = response.body
         if not body.get("errors"):
-            return [ItemOutcome(ItemResult.APPLIED)] * len(actions)
+            return [APPLIED] * len(bodies)
         items = body.get("items") or []
-        if len(items) != len(actions):
-            raise RetriableError(f"bulk answered {len(items)} items for {len(actions)} operations")
+        if len(items) != len(bodies):
+            raise RetriableError(f"bulk answered {len(items)} items for {len(bodies)} operations")
         outcomes: list[ItemOutcome] = []
         for item in items:
             (result,) = item.values()

@@ -9,7 +9,8 @@ metrics port, answering three GETs (and HEADs):
   is down or the stage is *stalled*: work is waiting and nothing moved for longer than the
   stall threshold. The silent stall is the failure operators miss most, so readiness tracks
   progress, not only sockets.
-- `/metrics`: the Prometheus text format of the default registry.
+- `/metrics`: the Prometheus text format of the service's registry (the default one
+  unless the service passes its own).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 log = structlog.get_logger(__name__)
 
@@ -64,10 +65,18 @@ Readiness = Callable[[], Awaitable[tuple[bool, str]]]
 class HealthServer:
     """`/healthz`, `/readyz`, `/metrics` on one port; runs inside the service's event loop."""
 
-    def __init__(self, host: str, port: int, readiness: Readiness) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        readiness: Readiness,
+        *,
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
         self._host = host
         self._port = port
         self._readiness = readiness
+        self._registry = registry
         self._runner: web.AppRunner | None = None
 
     @property
@@ -110,4 +119,6 @@ class HealthServer:
         )
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )

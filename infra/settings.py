@@ -27,6 +27,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from infra import index_limits
+
 DEV_TOKEN_SECRET = "dev-only-token-secret-change-me-0123456789"  # noqa: S105 - refused outside dev
 # HS256 keys shorter than the hash output (32 bytes) are brute-forceable offline from one
 # token (RFC 7518 section 3.2 requires at least this much).
@@ -123,6 +125,12 @@ class ElasticSettings(BaseModel):
     request_timeout_s: float = 30.0
     # Per-collection mapping overrides, JSON: {"books": {"properties": {...}}}.
     mappings: dict[str, dict[str, object]] = Field(default_factory=dict)
+    # What one document may map (infra/index_limits.py): the API refuses more, the indexer
+    # dead-letters more, and every index is created with these as its own limits.
+    total_fields_limit: int = Field(default=index_limits.TOTAL_FIELDS_LIMIT, ge=16)
+    depth_limit: int = Field(default=index_limits.DEPTH_LIMIT, ge=2)
+    nested_objects_limit: int = Field(default=index_limits.NESTED_OBJECTS_LIMIT, ge=1)
+    field_name_max_bytes: int = Field(default=index_limits.FIELD_NAME_MAX_BYTES, ge=1)
 
     def alias_for(self, collection: str) -> str:
         """The alias search and the indexer use; the concrete index behind it can change."""
@@ -186,6 +194,9 @@ class ApiSettings(BaseModel):
     tls_key: str | None = None
     # /docs, /redoc and /openapi.json; unset means on, except when OUTBOX_ENV=prod.
     docs: bool | None = None
+    # Each collection costs a Kafka topic and an Elasticsearch index: a write that would
+    # create one more than this is refused (api/collection_limit.py).
+    max_collections: int = Field(default=1000, ge=1)
 
 
 class RelaySettings(BaseModel):
@@ -216,6 +227,11 @@ class IndexerSettings(BaseModel):
     # means "<group_id>-<hostname>".
     instance_id: str = ""
     batch_max_events: int = Field(default=1000, ge=1)
+    # A bulk request never exceeds this many bytes (Elasticsearch refuses requests over
+    # http.max_content_length, 100 MB by default, with 413).
+    bulk_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # A parked collection (its index refuses writes) is retried with backoff up to this.
+    parked_retry_max_seconds: float = Field(default=30.0, gt=0)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9102
     # Readiness turns red when events wait (consumer lag) and nothing was indexed this long.

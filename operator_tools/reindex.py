@@ -28,13 +28,14 @@ from typing import Any, cast
 import structlog
 from elasticsearch import ApiError, NotFoundError, TransportError
 
+from indexer.batch import Outcome, classify_item
 from indexer.projection import IndexAction, action_for
-from indexer.sink import ItemResult, bulk_body, classify_item
 from infra.document_layout import UPDATED_AT
 from infra.elastic import map_elastic_error
 from infra.envelope import OutboxRecord, utc_now
 from infra.errors import FatalError
 from infra.index_layout import index_mapping, next_index_name
+from infra.index_limits import index_limits
 from operator_tools.clients import OperatorClients
 from operator_tools.progress import NoProgress, Progress
 from operator_tools.reconcile import synthesized_record
@@ -147,8 +148,10 @@ async def _copy(
                 failures.append(f"{record.document_id}: {e}")
         if actions:
             try:
+                # The new index has no alias yet: these name it directly (no require_alias).
+                body = b"".join(action.ndjson(require_alias=False) for action in actions)
                 response = await clients.es.bulk(
-                    operations=cast(Any, bulk_body(actions)),  # NDJSON bytes, sent as is
+                    operations=cast(Any, body),  # NDJSON bytes, sent as is
                     filter_path="errors,items.*.status,items.*.error.type,items.*.error.reason",
                 )
             except (ApiError, TransportError) as e:
@@ -157,7 +160,7 @@ async def _copy(
                 for action, item in zip(actions, response.body["items"], strict=True):
                     (result,) = item.values()
                     outcome = classify_item(int(result.get("status", 500)), result.get("error"))
-                    if outcome.result not in (ItemResult.APPLIED, ItemResult.ALREADY_APPLIED):
+                    if outcome.outcome not in (Outcome.APPLIED, Outcome.ALREADY_APPLIED):
                         failures.append(f"{action.document_id}: {outcome.error}")
         copied += len(batch)
         progress.advance(len(batch))
@@ -203,7 +206,11 @@ async def reindex(
             (await es.indices.get(index=f"{alias}.v*,{alias}-v*", allow_no_indices=True)).body
         )
         new = next_index_name(alias, [*old, *all_indices])
-        await es.indices.create(index=new, mappings=mapping)
+        await es.indices.create(
+            index=new,
+            mappings=mapping,
+            settings=index_limits(clients.settings.es, collection).index_settings(),
+        )
     except (ApiError, TransportError) as e:
         raise map_elastic_error(e) from e
     result = ReindexResult(collection, alias, new, old)

@@ -16,8 +16,11 @@ Definitions (also in docs/operating.md):
   committed offset (transaction markers count as one offset each, so an idle partition
   written transactionally may show a lag of 1 at most per open marker).
 - **DLQ size**: dead letters not yet re-driven.
+- **parked collections**: collections an indexer set aside because their index refuses
+  writes (`indexer.parking`), from each indexer's latest report (`infra.parked_report`).
 
-Problems (exit 1): no active holder of the relay's lease, or a non-empty DLQ.
+Problems (exit 1): no active holder of the relay's lease, a non-empty DLQ, or a parked
+collection (one line each, naming it and why).
 """
 
 from __future__ import annotations
@@ -36,7 +39,14 @@ from infra.document_layout import LIVE_QUERY
 from infra.elastic import map_elastic_error
 from infra.errors import RetriableError
 from infra.index_layout import LIVE_FILTER
-from infra.kafka import admin_client, consumer_config, map_kafka_error, read_to_end
+from infra.kafka import (
+    admin_client,
+    consumer_config,
+    map_kafka_error,
+    read_to_end,
+    topic_partitions,
+)
+from infra.parked_report import STALE_AFTER_S, ParkedReport, parked_topic
 from infra.settings import KafkaSettings
 from operator_tools.clients import CONNECT_TIMEOUT_S, OperatorClients
 from operator_tools.dlq_ops import list_entries
@@ -82,6 +92,7 @@ class StatusReport:
     lag_seconds: float = 0.0
     relays: list[dict[str, Any]] = field(default_factory=list)
     consumer_lag: list[PartitionLag] = field(default_factory=list)
+    parked: list[dict[str, Any]] = field(default_factory=list)
     dlq_total: int = 0
     dlq_pending: int = 0
     collections: list[dict[str, Any]] = field(default_factory=list)
@@ -111,6 +122,7 @@ class StatusReport:
             "indexer": {
                 "consumer_lag_total": self.consumer_lag_total,
                 "partitions": [p.as_dict() for p in self.consumer_lag],
+                "parked": self.parked,
             },
             "dlq": {"pending": self.dlq_pending, "total": self.dlq_total},
             "collections": self.collections,
@@ -255,6 +267,50 @@ async def _consumer_lag(clients: OperatorClients, report: StatusReport) -> None:
     )
 
 
+def parked_reports_blocking(settings: KafkaSettings) -> list[ParkedReport]:
+    """The latest parked-collections report of every indexer instance."""
+    partitions = topic_partitions(settings, [parked_topic(settings)])
+    latest: dict[bytes, ParkedReport] = {}
+    for message in read_to_end(
+        settings, partitions, purpose="ops-parked-reader", idle_timeout_s=CONNECT_TIMEOUT_S
+    ):
+        if message.key is None:
+            continue
+        if message.value is None:
+            latest.pop(message.key, None)
+            continue
+        try:
+            latest[message.key] = ParkedReport.from_kafka(message.value)
+        except ValueError:
+            continue  # not ours to judge: status shows what it understands
+    return sorted(latest.values(), key=lambda r: r.instance)
+
+
+async def _parked(clients: OperatorClients, report: StatusReport) -> None:
+    reports = await asyncio.to_thread(parked_reports_blocking, clients.settings.kafka)
+    now = datetime.now(UTC)
+    for r in reports:
+        age = (now - r.reported_at).total_seconds()
+        for entry in r.parked:
+            report.parked.append(
+                {
+                    "collection": entry.collection,
+                    "reason": entry.reason,
+                    "since": _iso(entry.since),
+                    "events": entry.events,
+                    "instance": r.instance,
+                    "reported_at": _iso(r.reported_at),
+                    "stale": age > STALE_AFTER_S,
+                }
+            )
+            stale = f" (reported {age:.0f}s ago: is that indexer still running?)"
+            report.problems.append(
+                f"indexer {r.instance} parked collection {entry.collection!r} since "
+                f"{entry.since:%Y-%m-%d %H:%M:%S}Z ({entry.events} events wait): "
+                f"{entry.reason}{stale if age > STALE_AFTER_S else ''}"
+            )
+
+
 async def _dlq(clients: OperatorClients, report: StatusReport) -> None:
     entries = await list_entries(clients)
     report.dlq_total = len(entries)
@@ -290,6 +346,7 @@ async def status(clients: OperatorClients) -> StatusReport:
         _relay_position(clients, report),
         _leases(clients, report),
         _consumer_lag(clients, report),
+        _parked(clients, report),
         _dlq(clients, report),
         _collection_counts(clients, report),
     )

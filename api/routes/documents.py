@@ -13,6 +13,7 @@ from api.deps import (
     DocumentStoreDep,
     SettingsDep,
     TraceparentDep,
+    WritableCollectionDep,
     WriterDep,
 )
 from api.document_store import WriteResult
@@ -83,7 +84,7 @@ def _written(result: WriteResult, response: Response) -> DocumentWritten:
 async def create_document(
     *,
     principal: WriterDep,
-    collection: CollectionDep,
+    collection: WritableCollectionDep,
     request: Request,
     response: Response,
     settings: SettingsDep,
@@ -108,7 +109,7 @@ async def create_document(
 async def replace_document(
     *,
     principal: WriterDep,
-    collection: CollectionDep,
+    collection: WritableCollectionDep,
     document_id: DocumentIdDep,
     request: Request,
     response: Response,

@@ -3,67 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 from elasticsearch import AsyncElasticsearch
 
-from infra.settings import LogSettings, Settings, settings_to_env
-from tests.fixtures.indexer import KafkaWriter, indexed_sources, make_record, wait_until
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-class IndexerProcesses:
-    """Starts indexer processes with one test's settings; kills what is left at the end."""
-
-    def __init__(self, settings: Settings, log_dir: Path) -> None:
-        self.settings = settings.model_copy(
-            update={"log": LogSettings(level="info", format="json")}
-        )
-        self.log_dir = log_dir
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, label: str) -> tuple[subprocess.Popen[bytes], Path]:
-        log_path = self.log_dir / f"{label}.log"
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "outbox_cli", "indexer"],
-                cwd=ROOT,
-                env=os.environ | settings_to_env(self.settings),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        self.started.append(process)
-        return process, log_path
-
-    async def healthy(self, process: subprocess.Popen[bytes]) -> None:
-        """Wait until its `/healthz` answers (the process is up and serving)."""
-        url = f"http://127.0.0.1:{self.settings.indexer.metrics_port}/healthz"
-
-        async def answers() -> bool:
-            assert process.poll() is None, "the indexer process exited"
-            try:
-                async with httpx.AsyncClient(timeout=1.0) as client:
-                    return (await client.get(url)).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        await wait_until(answers, timeout_s=30, what="the indexer's /healthz")
-
-    def kill_all(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+from infra.settings import Settings
+from tests.fixtures.indexer import (
+    IndexerProcesses,
+    KafkaWriter,
+    indexed_sources,
+    make_record,
+    wait_until,
+)
 
 
 @pytest.fixture

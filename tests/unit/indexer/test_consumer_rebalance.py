@@ -33,21 +33,75 @@ def test_revoked_partitions_leave_the_buffer(source: KafkaEventSource) -> None:
     assert source.assigned == frozenset({("u.event.a", 1)})
 
 
-def test_lost_partitions_forget_their_uncommitted_offsets(source: KafkaEventSource) -> None:
+def take(source: KafkaEventSource, messages: list[ConsumedMessage]) -> None:
+    """Messages handed out by `next_batch` (without an event loop)."""
+    with source._lock:
+        for m in messages:
+            source._ledger.take(m.topic_partition, m.offset)
+
+
+def test_lost_partitions_forget_their_acknowledged_but_uncommitted_offsets(
+    source: KafkaEventSource,
+) -> None:
     """After a partition is lost, its acknowledged-but-uncommitted offset is never committed:
     it could move the new owner's position backwards."""
     source._on_assign(None, [TopicPartition("u.event.a", 0), TopicPartition("u.event.a", 1)])
-    source._uncommitted = {("u.event.a", 0): 10, ("u.event.a", 1): 4}
+    batch = [message(0, 9), message(1, 3)]
+    take(source, batch)
     source._on_lost(None, [TopicPartition("u.event.a", 0)])
-    assert source._uncommitted == {("u.event.a", 1): 4}
+    assert source.acknowledge(batch) == {("u.event.a", 1): 4}
+    assert source._ledger.to_commit({("u.event.a", 0), ("u.event.a", 1)}) == {("u.event.a", 1): 4}
     assert source.assigned == frozenset({("u.event.a", 1)})
 
 
 def test_acknowledging_skips_partitions_no_longer_assigned(source: KafkaEventSource) -> None:
     source._on_assign(None, [TopicPartition("u.event.a", 0)])
-    queued = source.acknowledge([message(3, 4), message(0, 8), message(0, 9)])
-    assert queued == {("u.event.a", 0): 10}
-    assert source._uncommitted == {("u.event.a", 0): 10}
+    batch = [message(3, 4), message(0, 8), message(0, 9)]
+    take(source, batch)
+    assert source.acknowledge(batch) == {("u.event.a", 0): 10}
+
+
+def test_an_unacknowledged_message_holds_back_its_partitions_commit(
+    source: KafkaEventSource,
+) -> None:
+    """A parked event (taken, never acknowledged) keeps its partition's position, while
+    another partition's acknowledged events move on."""
+    source._on_assign(None, [TopicPartition("u.event.a", 0), TopicPartition("u.event.a", 1)])
+    batch = [message(0, 5), message(0, 6), message(1, 2), message(0, 7)]
+    take(source, batch)
+    assert source.acknowledge([batch[1], batch[2], batch[3]]) == {
+        ("u.event.a", 0): 5,
+        ("u.event.a", 1): 3,
+    }
+
+
+def test_held_topics_pause_their_assigned_partitions_and_resume_when_released(
+    source: KafkaEventSource,
+) -> None:
+    calls: list[tuple[str, list[tuple[str, int]]]] = []
+
+    class Recorder:
+        def pause(self, partitions: list[TopicPartition]) -> None:
+            calls.append(("pause", [(tp.topic, tp.partition) for tp in partitions]))
+
+        def resume(self, partitions: list[TopicPartition]) -> None:
+            calls.append(("resume", [(tp.topic, tp.partition) for tp in partitions]))
+
+    real = source._consumer
+    source._consumer = Recorder()  # type: ignore[assignment]
+    try:
+        source._on_assign(None, [TopicPartition("u.event.a", 0), TopicPartition("u.event.b", 0)])
+        source.hold(["u.event.a"])
+        source._sync_pauses()
+        assert calls == [("pause", [("u.event.a", 0)]), ("resume", [("u.event.b", 0)])]
+        calls.clear()
+        source._sync_pauses()
+        assert calls == []
+        source.hold([])
+        source._sync_pauses()
+        assert calls == [("resume", [("u.event.a", 0)])]
+    finally:
+        source._consumer = real
 
 
 def test_the_default_instance_id_is_the_group_and_the_host() -> None:
