@@ -81,10 +81,18 @@ class AuthSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 50051
     token_secret: SecretStr = SecretStr(DEV_TOKEN_SECRET)
-    token_ttl_seconds: int = Field(default=3600, ge=60)
-    verify_cache_seconds: float = Field(default=5.0, ge=0)
+    token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)  # auth_grpc.tokens caps at 24 h
+    # Bounded: a revoked token, a disabled or demoted user stop working within this.
+    verify_cache_seconds: float = Field(default=5.0, ge=0, le=60)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9103
+    # gRPC Register without an admin's token creates readers only when this is on.
+    open_signup: bool = False
+    # argon2 hashes at once (64 MiB each); 0: the CPUs this process may use (cgroup aware).
+    max_concurrent_hashes: int = Field(default=0, ge=0)
+    # Failed logins per username that cost nothing; then 1 s, doubling, up to the maximum.
+    login_free_failures: int = Field(default=5, ge=1)
+    login_max_delay_seconds: float = Field(default=300.0, gt=0)
 
 
 class ApiSettings(BaseModel):
