@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Generator
+from datetime import timedelta
 
 import grpc
 import structlog
@@ -12,15 +13,19 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.auth_client import GrpcAuthClient
+from api.body_limit import BodyLimitMiddleware
+from api.consistency import ConsistencyTokens
 from api.document_store import MongoDocumentStore
 from api.metrics import ApiMetrics
 from api.middleware import RequestMiddleware
+from api.openapi import install_openapi
 from api.problems import install_problem_handlers
+from api.rate_limit import TokenBuckets, parse_networks
 from api.routes import auth, documents, health, operator, search
 from infra.elastic import elastic_client
 from infra.errors import FatalError
 from infra.mongo import ensure_outbox_indexes, mongo_client
-from infra.settings import Settings
+from infra.settings import DEV_CONSISTENCY_KEY, Settings
 from infra.tracing import Tracing, configure_tracing
 
 log = structlog.get_logger(__name__)
@@ -28,6 +33,10 @@ log = structlog.get_logger(__name__)
 
 def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     """The app; its lifespan opens and closes the MongoDB, gRPC and Elasticsearch clients."""
+    consistency_key = settings.api.consistency_key.get_secret_value()
+    if settings.env == "prod" and consistency_key in {"", DEV_CONSISTENCY_KEY}:
+        # Checked here, not in Settings: only the API needs this key, so only it must hold it.
+        raise FatalError("OUTBOX_API_CONSISTENCY_KEY must be set when OUTBOX_ENV=prod")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -36,9 +45,14 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         es = elastic_client(settings.es)
         try:
             store = MongoDocumentStore(
-                mongo, settings.mongo, max_document_bytes=settings.api.max_body_bytes
+                mongo,
+                settings.mongo,
+                max_document_bytes=settings.api.max_body_bytes,
+                write_timeout_s=settings.api.write_timeout_s,
+                idempotency_ttl=timedelta(hours=settings.api.idempotency_ttl_hours),
             )
             await ensure_outbox_indexes(mongo, settings.mongo)
+            await store.ensure_indexes()
             app.state.mongo = mongo
             app.state.auth_channel = auth_channel
             app.state.auth_client = GrpcAuthClient(auth_channel, settings.auth)
@@ -60,7 +74,19 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = ApiMetrics()
+    app.state.consistency_tokens = ConsistencyTokens(consistency_key.encode())
+    app.state.trusted_proxies = parse_networks(settings.api.trusted_proxies)
+    app.state.login_failures = TokenBuckets(
+        settings.api.login_failures_per_minute / 60, burst=settings.api.login_failures_per_minute
+    )
+    app.state.search_limits = TokenBuckets(
+        settings.api.search_rate_per_second, burst=2 * settings.api.search_rate_per_second
+    )
     install_problem_handlers(app)
+    install_openapi(app, settings)
+    # Added last, so outermost: the limit applies before any route, parsing or auth; the
+    # request middleware still logs and counts what it refused.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(
         RequestMiddleware,
         metrics=app.state.metrics,

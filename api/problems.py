@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.validation import BodyTooLargeError, InputError, MalformedJsonError
@@ -24,7 +25,69 @@ from api.write_rules import (
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://outbox-pipeline.dev/problems/"
 
+PROBLEM_SCHEMA_REF = "#/components/schemas/Problem"
+# Every route can answer these whatever it does: a body over the limit is refused before
+# routing (api/body_limit.py).
+ALWAYS = (413,)
+
 log = structlog.get_logger(__name__)
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; some problems add members (`errors`, `checks`, `event_id`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+
+
+# What each status means on this API, for OpenAPI (the detail says the specifics).
+_MEANING = {
+    400: "Malformed request: bad JSON, a bad search parameter or token.",
+    401: "A bearer token is required, or the one given is invalid, expired or revoked.",
+    403: "The token's role or collection scope does not allow this.",
+    404: "No such document (or no such route).",
+    409: "Conflict with the current state (the document exists; an Idempotency-Key reused).",
+    412: "If-Match does not match the document's current version.",
+    413: "The request body is larger than the limit.",
+    415: "Unsupported Content-Type.",
+    422: "Well-formed but invalid input (names, ids, keys, nesting, integers, filters).",
+    429: "Too many requests (or failed logins) from this client: see Retry-After.",
+    503: "A dependency is unavailable, the write's outcome is unknown, or the write is not "
+    "searchable yet: see the problem type.",
+}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
+_HEADERS = {
+    401: {"WWW-Authenticate": {"description": "`Bearer`.", "schema": {"type": "string"}}},
+    429: _RETRY_AFTER,
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the problems a route can answer (plus `ALWAYS`).
+
+    Every route uses this, so each documents exactly its statuses, all as
+    `application/problem+json` with the one `Problem` schema.
+    """
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in sorted({*statuses, *ALWAYS}):
+        response: dict[str, Any] = {
+            "description": _MEANING.get(status, _phrase(status)),
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": PROBLEM_SCHEMA_REF}}},
+        }
+        if status in _HEADERS:
+            response["headers"] = _HEADERS[status]
+        responses[status] = response
+    return responses
 
 
 class ProblemError(Exception):

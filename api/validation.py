@@ -67,6 +67,7 @@ def parse_json_object(raw: bytes, *, max_depth: int) -> dict[str, Any]:
     """Decode a request body that must be a JSON object, then check it (`check_document`)."""
     if not raw.strip():
         raise MalformedJsonError("request body is empty; expected a JSON object")
+    check_integer_literals(raw)  # before parsing: orjson makes them floats or refuses them
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
@@ -75,6 +76,31 @@ def parse_json_object(raw: bytes, *, max_depth: int) -> dict[str, Any]:
         raise InvalidInputError(f"request body must be a JSON object, got {_json_kind(value)}")
     check_document(value, max_depth=max_depth)
     return value
+
+
+# A JSON string (skipped whole), or an integer literal of 19+ digits outside one.
+_STRING_OR_LONG_INTEGER = re.compile(rb'"(?:[^"\\]|\\.)*"|(?<![\d.eE+-])-?\d{19,}(?![.eE\d])')
+
+
+def check_integer_literals(raw: bytes) -> None:
+    """Refuse integer literals outside BSON's signed 64 bits.
+
+    orjson turns integers beyond 64 bits into floats, so after parsing they look like
+    numbers that fit; only the text shows what the client wrote. Cheap unless the body
+    has a run of 19 digits somewhere.
+    """
+    if _LONG_DIGIT_RUN.search(raw) is None:
+        return
+    for match in _STRING_OR_LONG_INTEGER.finditer(raw):
+        literal = match.group()
+        if literal.startswith(b'"'):
+            continue
+        digits = literal.lstrip(b"-")
+        if len(digits) > 20 or not INT64_MIN <= int(literal) <= INT64_MAX:
+            raise InvalidInputError(f"integer {literal[:24].decode()}... does not fit in 64 bits")
+
+
+_LONG_DIGIT_RUN = re.compile(rb"\d{19}")
 
 
 def check_document(document: dict[str, Any], *, max_depth: int) -> None:
@@ -112,21 +138,6 @@ def _check_key(key: str, path: str) -> None:
     if "\x00" in key:
         shown = _short(where.replace("\x00", "\\0"))
         raise InvalidInputError(f"key at {shown} contains NUL")
-
-
-def depth_of(value: Any) -> int:
-    """Nesting depth as `check_document` counts it (scalars are 0, `{}` is 1)."""
-    best = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            best = max(best, depth + 1)
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            best = max(best, depth + 1)
-            stack.extend((v, depth + 1) for v in item)
-    return best
 
 
 def split_body_id(

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_TOKEN_SECRET = "dev-only-token-secret-change-me-0123456789"  # noqa: S105 - refused outside dev
+DEV_CONSISTENCY_KEY = "dev-only-consistency-key-change-me-0123"  # refused when env=prod
 
 
 class MongoSettings(BaseModel):
@@ -102,6 +103,25 @@ class ApiSettings(BaseModel):
     port: int = 8000
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_depth: int = Field(default=32, ge=1)
+    # GET document and search without a token; off: a token whose scope covers the collection.
+    public_reads: bool = True
+    # Signs the consistency tokens writes return (`Outbox-Token`); set it in prod, the same on
+    # every API replica. Not the auth service's signing secret, which the API never needs.
+    consistency_key: SecretStr = SecretStr(DEV_CONSISTENCY_KEY)
+    # Proxies whose X-Forwarded-For is believed (JSON list of addresses or CIDR networks).
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Failed logins per client address and minute; past that, 429 until the minute refills.
+    login_failures_per_minute: int = Field(default=10, ge=1)
+    # Searches per client address and second, with bursts of twice that.
+    search_rate_per_second: float = Field(default=20.0, gt=0)
+    # Elasticsearch stops collecting hits after this (server-side `timeout`).
+    search_timeout_ms: int = Field(default=2000, ge=100, le=30000)
+    # `total` is exact up to this many hits; past it `total_relation` is "gte".
+    search_max_total: int = Field(default=10000, ge=1)
+    # A write gives up after this; a commit whose outcome is then unknown is looked up.
+    write_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # How long an Idempotency-Key and the result it stands for are kept.
+    idempotency_ttl_hours: float = Field(default=24.0, gt=0)
 
 
 class RelaySettings(BaseModel):

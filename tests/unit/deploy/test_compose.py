@@ -49,7 +49,11 @@ NEEDS = {
 }
 SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN(?!_TTL)|_KEY\b|CREDENTIAL", re.IGNORECASE)
 A_SECRET = "s" * 48
-SECRETS = {"OUTBOX_AUTH_TOKEN_SECRET": A_SECRET, "ELASTIC_PASSWORD": "e" * 24}
+SECRETS = {
+    "OUTBOX_AUTH_TOKEN_SECRET": A_SECRET,
+    "OUTBOX_API_CONSISTENCY_KEY": "k" * 32,
+    "ELASTIC_PASSWORD": "e" * 24,
+}
 
 
 @pytest.fixture(scope="module", params=["compose.yaml", "with deploy/compose.es-security.yaml"])
