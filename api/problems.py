@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.document_store import IdempotencyKeyReusedError, OutcomeUnknownError
 from api.validation import BodyTooLargeError, InputError, MalformedJsonError
 from api.write_rules import (
     DocumentExistsError,
@@ -153,6 +154,8 @@ def problem_for_domain_error(  # noqa: PLR0911 - one return per error class read
         return ProblemError(409, str(e), title="Document already exists")
     if isinstance(e, PreconditionFailedError):
         return ProblemError(412, str(e))
+    if isinstance(e, IdempotencyKeyReusedError):
+        return ProblemError(422, str(e), type_="idempotency-key-reused")
     return ProblemError(409, str(e), title="Write rejected")
 
 
@@ -196,7 +199,22 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
         return problem_response(request, problem)
 
+    async def on_outcome_unknown(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, OutcomeUnknownError)
+        # No Retry-After: retrying a POST without an Idempotency-Key may write twice.
+        problem = ProblemError(
+            503,
+            f"the write's outcome is unknown: it may or may not have been stored. Read the "
+            f"document (or search the outbox for event {exc.event_id}) before writing again; "
+            "a POST repeated with the same Idempotency-Key is safe",
+            title="Write outcome unknown",
+            type_="outcome-unknown",
+            extra={"event_id": exc.event_id},
+        )
+        return problem_response(request, problem)
+
     app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(OutcomeUnknownError, on_outcome_unknown)
     app.add_exception_handler(InputError, on_domain)
     app.add_exception_handler(WriteRejectedError, on_domain)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -181,9 +181,13 @@ class ElasticsearchSearcher:
 
 
 def _reason(e: ApiError) -> str:
+    """Elasticsearch's own reason (the first root cause: "all shards failed" says little)."""
     body = e.body
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict):
+            causes = error.get("root_cause")
+            if isinstance(causes, list) and causes and isinstance(causes[0], dict):
+                error = causes[0]
             return str(error.get("reason") or error.get("type") or e.message)[:300]
     return str(e.message)[:300]

@@ -12,8 +12,9 @@ reads from the index and passes in (`document_fields`):
   on. Every sort ends with the document id, so `search_after` pages are stable.
 - `q` is a `simple_query_string` over the document's text fields, with a bounded cost:
   only the AND, OR, NOT, phrase, precedence and escape operators and the prefix `*`
-  (no fuzzy `~`, no slop); a prefix needs `MIN_PREFIX_CHARS` characters before its `*`
-  and only the first `MAX_PREFIX_TERMS` count, so a `*` beyond that matches literally.
+  (the flags say so, and `~` is taken out of the query text too, so fuzzy and slop stay
+  off on a server that ignores the flags); a prefix needs `MIN_PREFIX_CHARS` characters
+  before its `*` and only the first `MAX_PREFIX_TERMS` count; any other `*` is literal.
 - Elasticsearch stops the search after the configured timeout and counts `total`
   exactly only up to the configured cap (`relation` "gte" past it).
 
@@ -53,6 +54,7 @@ MAX_PREFIX_TERMS = 3
 DEFAULT_TIMEOUT_MS = 2000
 DEFAULT_MAX_TOTAL = 10_000
 _PREFIX_STAR_RE = re.compile(r"(?<!\\)\*")
+_TILDE_RE = re.compile(r"(?<!\\)~")
 _TERM_CHAR_RE = re.compile(r"[^\s*()+|\"~\\-]")
 
 _FIELD_RE = re.compile(r"^[A-Za-z0-9_@-]+(\.[A-Za-z0-9_@-]+)*$")
@@ -239,7 +241,8 @@ def _sort_clause(
 def limit_prefixes(q: str) -> str:
     """Escape (make literal) every prefix `*` after a term shorter than
     `MIN_PREFIX_CHARS`, and every one after the first `MAX_PREFIX_TERMS`: a prefix term
-    expands to every indexed term it starts, which is the expensive part of a query."""
+    expands to every indexed term it starts, which is the expensive part of a query.
+    Fuzzy and slop (`~`) become plain separators."""
     out: list[str] = []
     kept = 0
     last = 0
@@ -256,7 +259,7 @@ def limit_prefixes(q: str) -> str:
             out.append("\\*")
         last = match.end()
     out.append(q[last:])
-    return "".join(out)
+    return _TILDE_RE.sub(" ", "".join(out))
 
 
 def _text_query(q: str, fields: Mapping[str, FieldInfo]) -> dict[str, Any]:

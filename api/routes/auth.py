@@ -15,7 +15,13 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
-from api.deps import AuthClientDep, BearerTokenDep, ClientAddressDep, SettingsDep
+from api.deps import (
+    AuthClientDep,
+    BearerTokenDep,
+    ClientAddressDep,
+    PrincipalDep,
+    SettingsDep,
+)
 from api.problems import ProblemError, problem_responses
 from api.rate_limit import TokenBuckets, retry_after
 from api.request_body import read_limited_body
@@ -127,7 +133,8 @@ async def issue_token(
     status_code=204,
     responses={204: {"description": "The token is revoked."}, **problem_responses(401, 503)},
 )
-async def logout(token: BearerTokenDep, auth: AuthClientDep) -> Response:
-    """Revoke the caller's bearer token until it would have expired anyway."""
+async def logout(token: BearerTokenDep, principal: PrincipalDep, auth: AuthClientDep) -> Response:
+    """Revoke the caller's bearer token until it would have expired anyway (401 if it is
+    not valid, already revoked included)."""
     await auth.revoke(token)
     return Response(status_code=204)

@@ -30,9 +30,12 @@ def test_elasticsearch_stops_a_search_at_the_timeout_and_counts_hits_up_to_a_cap
 
 
 def test_fuzzy_and_slop_operators_are_off() -> None:
-    flags = set(_text_query("dune~2")["flags"].split("|"))
+    query = _text_query('dune~2 "a phrase"~3 kept\\~')
+    flags = set(query["flags"].split("|"))
     assert flags == {"AND", "OR", "NOT", "PHRASE", "PRECEDENCE", "WHITESPACE", "ESCAPE", "PREFIX"}
     assert not flags & {"FUZZY", "SLOP", "NEAR", "ALL"}
+    # Also out of the text: a server that ignores `flags` must not run them either.
+    assert query["query"] == 'dune 2 "a phrase" 3 kept\\~'
 
 
 @pytest.mark.parametrize(
