@@ -78,7 +78,7 @@ class OutcomeUnknownError(RetriableError):
 
 
 class IdempotencyKeyReusedError(WriteRejectedError):
-    """An Idempotency-Key seen before with a different request (HTTP 422)."""
+    """An Idempotency-Key seen before with a different request (HTTP 409)."""
 
 
 @dataclass(frozen=True, slots=True)

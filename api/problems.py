@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api.document_store import IdempotencyKeyReusedError, OutcomeUnknownError
 from api.validation import BodyTooLargeError, InputError, MalformedJsonError
@@ -155,7 +156,8 @@ def problem_for_domain_error(  # noqa: PLR0911 - one return per error class read
     if isinstance(e, PreconditionFailedError):
         return ProblemError(412, str(e))
     if isinstance(e, IdempotencyKeyReusedError):
-        return ProblemError(422, str(e), type_="idempotency-key-reused")
+        # 409, a conflict with state the request cannot show (the first use of the key).
+        return ProblemError(409, str(e), type_="idempotency-key-reused")
     return ProblemError(409, str(e), title="Write rejected")
 
 
@@ -184,6 +186,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
         if exc.status_code == 404 and exc.detail == "Not Found":
             problem.detail = f"no route for {request.method} {request.url.path}"
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route that matched the path only;
+            # each method here is a route of its own.
+            allowed = _allowed_methods(request)
+            problem.headers["Allow"] = ", ".join(allowed)
+            problem.detail = f"{request.method} is not allowed here; use {' or '.join(allowed)}"
         return problem_response(request, problem)
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
@@ -219,6 +227,15 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(WriteRejectedError, on_domain)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_validation)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def _phrase(status: int) -> str:

@@ -41,8 +41,13 @@ _TOKEN_BODY: dict[str, Any] = {
                     "required": ["username", "password"],
                     "properties": {
                         "grant_type": {"type": "string", "enum": ["password"]},
-                        "username": {"type": "string"},
-                        "password": {"type": "string", "format": "password"},
+                        "username": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "password": {
+                            "type": "string",
+                            "format": "password",
+                            "minLength": 1,
+                            "maxLength": 1000,
+                        },
                     },
                 }
             },

@@ -54,7 +54,7 @@ IdempotencyKeyHeader = Annotated[
         alias="Idempotency-Key",
         pattern=IDEMPOTENCY_KEY_PATTERN,
         description="A repeat with the same key and body returns the first result "
-        f"(`{IDEMPOTENT_REPLAYED}: true`); another body with the same key is a 422. "
+        f"(`{IDEMPOTENT_REPLAYED}: true`); another body with the same key is a 409. "
         "Keys are per user and collection and kept `OUTBOX_API_IDEMPOTENCY_TTL_HOURS`.",
     ),
 ]

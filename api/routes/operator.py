@@ -18,11 +18,13 @@ from typing import Annotated, Any, TypeVar
 import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import AwareDatetime, BaseModel, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic.config import JsonDict
 
 from api.deps import AdminDep, EsDep, MongoClientDep, SettingsDep
 from api.problems import ProblemError, problem_responses
-from api.request_body import JSON_MEDIA_TYPES, read_json_object
+from api.request_body import JSON_MEDIA_TYPES, check_media_type, read_limited_body
+from api.validation import MalformedJsonError
 from infra.errors import PipelineError, RetriableError, ServerUnreachableError
 from infra.naming import COLLECTION_RE, is_document_collection
 from operator_tools import dlq_ops
@@ -39,8 +41,45 @@ router = APIRouter(prefix="/v1/ops", tags=["operator"])
 M = TypeVar("M", bound=BaseModel)
 
 
+_NON_EMPTY_STRING: JsonDict = {"type": "string", "minLength": 1}
+
+
 class ReplayRequest(BaseModel):
-    """The body of `POST /v1/ops/replay`: the same filters as `outbox replay`."""
+    """The body of `POST /v1/ops/replay`: the same filters as `outbox replay`.
+
+    Something must be selected (a filter, or `all`), `ids` need a `collection`, and
+    `since` must be before `until` (the one rule JSON Schema cannot state)."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra={
+            "allOf": [
+                {
+                    "anyOf": [
+                        {
+                            "required": ["collection"],
+                            "properties": {"collection": _NON_EMPTY_STRING},
+                        },
+                        {"required": ["ids"], "properties": {"ids": {"minItems": 1}}},
+                        {"required": ["since"], "properties": {"since": {"type": "string"}}},
+                        {"required": ["until"], "properties": {"until": {"type": "string"}}},
+                        {"required": ["all"], "properties": {"all": {"const": True}}},
+                    ]
+                },
+                {
+                    "anyOf": [
+                        {"not": {"required": ["ids"]}},
+                        {"properties": {"ids": {"maxItems": 0}}},
+                        {
+                            "required": ["collection"],
+                            "properties": {"collection": _NON_EMPTY_STRING},
+                        },
+                    ]
+                },
+            ]
+        },
+    )
 
     collection: str | None = Field(default=None, max_length=64)
     ids: list[str] = Field(default_factory=list, max_length=10_000)
@@ -52,6 +91,8 @@ class ReplayRequest(BaseModel):
 
 
 class ReconcileRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
     collection: str | None = Field(
         default=None,
         pattern=COLLECTION_RE.pattern,
@@ -62,6 +103,19 @@ class ReconcileRequest(BaseModel):
 
 
 class RedriveRequest(BaseModel):
+    """Either `ids` (at least one) or `all: true`."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["ids"], "properties": {"ids": {"minItems": 1}}},
+                {"required": ["all"], "properties": {"all": {"const": True}}},
+            ]
+        },
+    )
+
     ids: list[str] = Field(default_factory=list, max_length=10_000)
     all: bool = False
 
@@ -70,15 +124,14 @@ def _admin_body(model: type[M]) -> Callable[..., Awaitable[M]]:
     """A dependency: the JSON body as `model`, read only after the admin check passed."""
 
     async def body(principal: AdminDep, request: Request, settings: SettingsDep) -> M:
-        raw = await read_json_object(
-            request,
-            max_bytes=settings.api.max_body_bytes,
-            max_depth=settings.api.max_depth,
-            media_types=JSON_MEDIA_TYPES,
-        )
+        check_media_type(request, JSON_MEDIA_TYPES)
+        raw = await read_limited_body(request, settings.api.max_body_bytes)
         try:
-            return model.model_validate(raw)
+            # Strict, from the JSON text: `false` is no number and `0` no time.
+            return model.model_validate_json(raw or b"null", strict=True)
         except ValidationError as e:
+            if any(err["type"] == "json_invalid" for err in e.errors()):
+                raise MalformedJsonError("request body is not valid JSON") from e
             raise RequestValidationError(
                 [{**err, "loc": ("body", *err["loc"])} for err in e.errors()]
             ) from e

@@ -103,13 +103,13 @@ async def test_a_repeated_post_with_the_same_idempotency_key_returns_the_first_r
     assert await api_client.db["books"].count_documents({}) == 1
 
 
-async def test_an_idempotency_key_reused_with_another_body_is_a_422_and_writes_nothing(
+async def test_an_idempotency_key_reused_with_another_body_is_a_409_and_writes_nothing(
     api_client: ApiHandle,
 ) -> None:
     headers = {**await api_client.writer_headers(), "Idempotency-Key": "k1"}
     assert (await api_client.client.post(DOCS, json={"a": 1}, headers=headers)).status_code == 201
     r = await api_client.client.post(DOCS, json={"a": 2}, headers=headers)
-    assert r.status_code == 422, r.text
+    assert r.status_code == 409, r.text
     assert r.json()["type"].endswith("/idempotency-key-reused")
     assert len(await _records(api_client)) == 1
 
