@@ -27,7 +27,8 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 MAX_EXAMPLES = 15
 
 
-async def _run_schemathesis(url: str, *args: str) -> tuple[int, str]:
+async def _run_schemathesis(url: str, workdir: Path, *args: str) -> tuple[int, str]:
+    """The CLI, run in `workdir` (it keeps a cache of examples in its working directory)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -49,6 +50,7 @@ async def _run_schemathesis(url: str, *args: str) -> tuple[int, str]:
         "30",
         "--no-color",
         *args,
+        cwd=workdir,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -98,7 +100,7 @@ async def test_every_operation_behaves_as_the_openapi_document_says(
         args += ["--exclude-operation-id-regex", "^(create|replace|patch|delete)_document"]
     task, url = await _serving(_own_database(auth_service.settings))
     try:
-        code, output = await _run_schemathesis(url, *args)
+        code, output = await _run_schemathesis(url, tmp_path, *args)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
