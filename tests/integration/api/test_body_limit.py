@@ -77,6 +77,7 @@ async def test_an_anonymous_128_mib_post_is_refused_without_memory_growth(
             assert status == (401 if chunked else 413), path
         assert await _post(api, "/v1/auth/token", chunked=chunked) == 413
         grown = api.peak_rss_bytes() - before
+    print(f"peak RSS {before / MIB:.0f} MiB, grew by {grown / MIB:.1f} MiB")
     assert grown < MAX_GROWTH, f"peak RSS grew by {grown / MIB:.0f} MiB"
 
 
