@@ -5,7 +5,8 @@ verified against that CA), with a client certificate for mutual TLS when
 `OUTBOX_AUTH_TLS_CLIENT_CERT`/`_KEY` are set; plaintext otherwise.
 
 Every call has a deadline, so an unreachable auth service yields a 503 quickly, never a
-hang. A revoked token keeps working for at most `auth.verify_cache_seconds`.
+hang. A token revoked elsewhere keeps working for at most `auth.verify_cache_seconds`
+(at most 60 s); one revoked through this client (logout) stops at once here.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 import structlog
 
 from api.problems import ProblemError, unauthorized
+from api.rate_limit import retry_after
 from infra.errors import ServerUnreachableError
 from infra.settings import AuthSettings, ConfigurationError, read_pem
 from protos.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -81,6 +85,7 @@ class Principal:
     user_id: str
     username: str
     roles: frozenset[str]
+    collections: frozenset[str] = frozenset()  # the roles apply only to these; empty: all
 
     @property
     def can_write(self) -> bool:
@@ -88,7 +93,15 @@ class Principal:
 
     @property
     def is_admin(self) -> bool:
-        return "admin" in self.roles
+        """An admin of every collection (operator actions span them all)."""
+        return "admin" in self.roles and not self.collections
+
+    def covers(self, collection: str) -> bool:
+        """Whether the principal's scope includes `collection`."""
+        return not self.collections or collection in self.collections
+
+    def may_write(self, collection: str) -> bool:
+        return self.can_write and self.covers(collection)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +140,7 @@ class GrpcAuthClient:
             user_id=reply.user_id,
             username=reply.username,
             roles=frozenset(ROLE_NAMES[r] for r in reply.roles if r in ROLE_NAMES),
+            collections=frozenset(reply.collections),
         )
         if self._ttl > 0:
             # Never cache past the token's own expiry.
@@ -151,8 +165,32 @@ class GrpcAuthClient:
             expires_in=int(reply.expires_in),
         )
 
+    async def revoke(self, token: str) -> None:
+        """Revoke the token (logout); it stops working here at once, elsewhere within the
+        other replicas' Verify cache."""
+        self._cache.pop(hashlib.sha256(token.encode()).digest(), None)
+        try:
+            await self._stub.Revoke(auth_pb2.RevokeRequest(token=token), timeout=VERIFY_TIMEOUT_S)
+        except grpc.aio.AioRpcError as e:
+            raise self._map_error(e, "revoke") from e
+
     def _map_error(self, e: grpc.aio.AioRpcError, call: str) -> Exception:
         code = e.code()
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and call == "login":
+            # At run time grpc.aio metadata is (key, value) pairs; the stubs say otherwise.
+            pairs = cast("Iterable[tuple[str, str | bytes]]", e.trailing_metadata() or ())
+            trailing = [value for key, value in pairs if key == "retry-after"]
+            wait = (
+                (trailing[0].decode() if isinstance(trailing[0], bytes) else trailing[0])
+                if trailing
+                else "1"
+            )
+            return ProblemError(
+                429,
+                "too many failed logins for this username; try again later",
+                type_="login-throttled",
+                headers={"Retry-After": retry_after(float(wait) if wait.isdigit() else 1.0)},
+            )
         if code == grpc.StatusCode.UNAUTHENTICATED:
             if call == "login":
                 return unauthorized("invalid username or password")

@@ -6,23 +6,34 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Generator
+from datetime import timedelta
 
 import structlog
 import uvicorn
 from fastapi import FastAPI
 
 from api.auth_client import GrpcAuthClient, auth_channel, channel_credentials
+from api.body_limit import BodyLimitMiddleware
 from api.collection_limit import CollectionLimit
+from api.consistency import ConsistencyTokens
 from api.document_store import MongoDocumentStore
 from api.metrics import ApiMetrics
 from api.middleware import RequestMiddleware
+from api.openapi import install_openapi
 from api.problems import install_problem_handlers
+from api.rate_limit import TokenBuckets, parse_networks
 from api.routes import auth, documents, health, operator, search
 from infra.elastic import elastic_client
 from infra.errors import FatalError
 from infra.index_limits import index_limits
 from infra.mongo import ensure_outbox_indexes, mongo_client
-from infra.settings import ApiSettings, ConfigurationError, Settings, read_pem
+from infra.settings import (
+    DEV_CONSISTENCY_KEY,
+    ApiSettings,
+    ConfigurationError,
+    Settings,
+    read_pem,
+)
 from infra.tracing import Tracing, configure_tracing
 
 log = structlog.get_logger(__name__)
@@ -30,6 +41,13 @@ log = structlog.get_logger(__name__)
 
 def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     """The app; its lifespan opens and closes the MongoDB, gRPC and Elasticsearch clients."""
+    consistency_key = settings.api.consistency_key.get_secret_value()
+    if settings.env == "prod" and consistency_key in {"", DEV_CONSISTENCY_KEY}:
+        # Checked here, not in Settings: only the API needs this key, so only it must hold it.
+        raise ConfigurationError(
+            "OUTBOX_API_CONSISTENCY_KEY is not set (the built-in development value is refused "
+            "when OUTBOX_ENV=prod); generate one with `openssl rand -hex 32`"
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -42,8 +60,11 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
                 settings.mongo,
                 max_document_bytes=settings.api.max_body_bytes,
                 index_limits=functools.partial(index_limits, settings.es),
+                write_timeout_s=settings.api.write_timeout_s,
+                idempotency_ttl=timedelta(hours=settings.api.idempotency_ttl_hours),
             )
             await ensure_outbox_indexes(mongo, settings.mongo)
+            await store.ensure_indexes()
             app.state.mongo = mongo
             app.state.auth_channel = channel
             app.state.auth_client = GrpcAuthClient(channel, settings.auth)
@@ -72,7 +93,19 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = ApiMetrics()
+    app.state.consistency_tokens = ConsistencyTokens(consistency_key.encode())
+    app.state.trusted_proxies = parse_networks(settings.api.trusted_proxies)
+    app.state.login_failures = TokenBuckets(
+        settings.api.login_failures_per_minute / 60, burst=settings.api.login_failures_per_minute
+    )
+    app.state.search_limits = TokenBuckets(
+        settings.api.search_rate_per_second, burst=2 * settings.api.search_rate_per_second
+    )
     install_problem_handlers(app)
+    install_openapi(app, settings)
+    # Added last, so outermost: the limit applies before any route, parsing or auth; the
+    # request middleware still logs and counts what it refused.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(
         RequestMiddleware,
         metrics=app.state.metrics,

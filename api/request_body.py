@@ -14,9 +14,10 @@ JSON_MEDIA_TYPES = frozenset({"application/json"})
 
 async def read_limited_body(request: Request, max_bytes: int) -> bytes:
     """The body; `BodyTooLargeError` once Content-Length or the bytes read pass the limit."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.strip().isdigit():
-        check_body_size(int(declared), max_bytes)
+    declared = (request.headers.get("content-length") or "").strip()
+    if declared.isdigit():
+        # A length of thousands of digits would make int() raise: it is too large anyway.
+        check_body_size(int(declared) if len(declared) <= 18 else max_bytes + 1, max_bytes)
     chunks: list[bytes] = []
     size = 0
     # Count what actually arrives: Content-Length may be absent (chunked) or a lie.
@@ -42,9 +43,14 @@ def check_media_type(request: Request, allowed: frozenset[str]) -> None:
 
 
 async def read_json_object(
-    request: Request, *, max_bytes: int, max_depth: int, media_types: frozenset[str]
+    request: Request,
+    *,
+    max_bytes: int,
+    max_depth: int,
+    media_types: frozenset[str],
+    max_key_chars: int | None = None,
 ) -> dict[str, Any]:
     """A checked JSON object body (see `api.validation.parse_json_object`)."""
     check_media_type(request, media_types)
     raw = await read_limited_body(request, max_bytes)
-    return parse_json_object(raw, max_depth=max_depth)
+    return parse_json_object(raw, max_depth=max_depth, max_key_chars=max_key_chars)

@@ -6,6 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from api.validation import DOCUMENT_ID_RE, INT64_MAX, INT64_MIN
+from infra.index_limits import BLANK_CHARACTERS
+
 
 class DocumentPublic(BaseModel):
     """A live document as stored in MongoDB (the source of truth)."""
@@ -22,6 +25,10 @@ class DocumentWritten(BaseModel):
     version: int = Field(ge=1)
     event_id: str = Field(description="The outbox event id (CloudEvents `id`) of this write.")
     document: dict[str, Any]
+    token: str = Field(
+        description="Consistency token (also `Outbox-Token`): search with `after=<token>` "
+        "answers once this write is searchable. Opaque."
+    )
 
 
 class TokenRequest(BaseModel):
@@ -37,22 +44,49 @@ class TokenResponse(BaseModel):
     expires_in: int
 
 
-class Problem(BaseModel):
-    """RFC 9457 problem details."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    instance: str
-
-
 class Readiness(BaseModel):
     status: str
     checks: dict[str, str]
 
 
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (400, 401, 403, 404, 409, 412, 413, 415, 422, 503)
+# --- Document bodies in OpenAPI ---------------------------------------------------------
+# What `api.validation` accepts, as JSON Schema, so generated clients and schema-driven
+# tests send what the server takes: keys not starting with `$` and without `.` or NUL,
+# integers in MongoDB's signed 64 bits, any nesting (the depth limit is not expressible).
+# The schemas reference each other through `components/schemas` (api/openapi.py adds them).
+# A key is also not blank (what Elasticsearch refuses, infra/index_limits.py); its length
+# limit is a setting, added as `maxLength` where the schema is built (api/openapi.py).
+DOCUMENT_KEY_PATTERN = f"^(?!\\$)(?![{BLANK_CHARACTERS}]*$)[^.\\u0000]*$"
+JSON_VALUE_REF = "#/components/schemas/JsonValue"
+JSON_COMPONENTS: dict[str, Any] = {
+    "JsonValue": {
+        "description": "Any JSON value the document store accepts.",
+        "anyOf": [
+            {"type": "null"},
+            {"type": "boolean"},
+            {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX},
+            {"type": "number", "not": {"type": "integer"}},
+            {"type": "string"},
+            {"type": "array", "items": {"$ref": JSON_VALUE_REF}},
+            {"$ref": "#/components/schemas/JsonObject"},
+        ],
+    },
+    "JsonObject": {
+        "type": "object",
+        "propertyNames": {"pattern": DOCUMENT_KEY_PATTERN},
+        "additionalProperties": {"$ref": JSON_VALUE_REF},
+    },
+}
+DOCUMENT_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "The document; `id` is optional (generated when absent).",
+    "propertyNames": {"pattern": DOCUMENT_KEY_PATTERN},
+    "properties": {"id": {"type": "string", "pattern": DOCUMENT_ID_RE.pattern}},
+    "additionalProperties": {"$ref": JSON_VALUE_REF},
+}
+DOCUMENT_BODY_WITHOUT_ID_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "The document (the id is the path's; a body `id` must equal it).",
+    "propertyNames": {"pattern": DOCUMENT_KEY_PATTERN, "not": {"const": "id"}},
+    "additionalProperties": {"$ref": JSON_VALUE_REF},
 }

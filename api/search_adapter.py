@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, TransportError
 
+from api.consistency import WrittenVersion
 from api.search_query import (
     FieldInfo,
     SearchParamError,
@@ -21,6 +24,7 @@ from api.search_query import (
 )
 from infra.elastic import is_retriable_status
 from infra.errors import RetriableError
+from infra.index_layout import ID_FIELD, VERSION_FIELD
 from infra.settings import ElasticSettings
 
 log = structlog.get_logger(__name__)
@@ -28,6 +32,14 @@ log = structlog.get_logger(__name__)
 # New fields appear in the mapping as documents bring them; a short cache keeps one
 # mapping read off most searches without hiding a new field for long.
 MAPPING_TTL_S = 5.0
+# What an anonymous caller learns when Elasticsearch refuses a search: never its reason,
+# which names concrete indices and fields (the reason is logged).
+REJECTED_DETAIL = (
+    "Elasticsearch could not run this search: a filter or sort value does not suit the "
+    "field's type, or a search_after token does not fit this collection's index"
+)
+WAIT_POLL_MIN_S = 0.01
+WAIT_POLL_MAX_S = 0.2
 
 
 class SearchUnavailableError(RetriableError):
@@ -39,9 +51,17 @@ class SearchPage:
     total: int
     hits: list[dict[str, Any]]
     next: str | None
+    total_relation: str = "eq"  # "gte": at least `total` (counting stopped at the cap)
+    timed_out: bool = False  # Elasticsearch stopped at the timeout: hits may be missing
 
     def to_json(self) -> dict[str, Any]:
-        return {"total": self.total, "hits": self.hits, "next": self.next}
+        return {
+            "total": self.total,
+            "total_relation": self.total_relation,
+            "timed_out": self.timed_out,
+            "hits": self.hits,
+            "next": self.next,
+        }
 
 
 EMPTY_PAGE = SearchPage(total=0, hits=[], next=None)
@@ -73,17 +93,74 @@ class ElasticsearchSearcher:
                 raise SearchUnavailableError(f"Elasticsearch {e.meta.status}") from e
             # Our own query is well-formed; what Elasticsearch refuses came from the
             # parameters (a date it cannot parse, a token from another index layout).
-            log.info("search_rejected", collection=collection, status=e.meta.status)
-            raise SearchParamError(f"Elasticsearch rejected the search: {_reason(e)}") from e
+            log.info(
+                "search_rejected", collection=collection, status=e.meta.status, reason=_reason(e)
+            )
+            raise SearchParamError(REJECTED_DETAIL) from e
         except TransportError as e:
-            raise SearchUnavailableError(f"Elasticsearch unreachable: {e}") from e
+            raise SearchUnavailableError("Elasticsearch is unreachable") from e
         hits = response["hits"]["hits"]
         total = response["hits"]["total"]
         return SearchPage(
             total=int(total["value"] if isinstance(total, dict) else total),
+            total_relation=str(total.get("relation", "eq")) if isinstance(total, dict) else "eq",
+            timed_out=bool(response.get("timed_out", False)),
             hits=public_hits(hits),
             next=next_token(hits, size=params.size, sort=params.sort),
         )
+
+    async def wait_searchable(self, written: Sequence[WrittenVersion], timeout_s: float) -> int:
+        """Wait until search sees each written version (or a newer one); tombstones count,
+        so a delete is "seen" once search no longer finds the document. Returns how many
+        are still not searchable when `timeout_s` ran out (0: all are)."""
+        pending: dict[str, dict[str, int]] = {}
+        for w in written:
+            versions = pending.setdefault(w.collection, {})
+            versions[w.document_id] = max(versions.get(w.document_id, 0), w.version)
+        deadline = time.monotonic() + timeout_s
+        delay = WAIT_POLL_MIN_S
+        while True:
+            for collection in list(pending):
+                if await self._searchable(collection, pending[collection]):
+                    del pending[collection]
+            remaining = deadline - time.monotonic()
+            if not pending or remaining <= 0:
+                return sum(len(versions) for versions in pending.values())
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, WAIT_POLL_MAX_S)
+
+    async def _searchable(self, collection: str, versions: dict[str, int]) -> bool:
+        """Whether a search (refresh-dependent, unlike a realtime get) finds every document
+        of `versions` at that version or later."""
+        should = [
+            {
+                "bool": {
+                    "filter": [
+                        {"term": {ID_FIELD: document_id}},
+                        {"range": {VERSION_FIELD: {"gte": version}}},
+                    ]
+                }
+            }
+            for document_id, version in versions.items()
+        ]
+        try:
+            response = await self._client.search(
+                index=self._settings.alias_for(collection),
+                query={"bool": {"should": should, "minimum_should_match": 1}},
+                size=0,
+                track_total_hits=True,
+            )
+        except NotFoundError:
+            return False  # no index yet: the collection's first event is not indexed
+        except ApiError as e:
+            if is_retriable_status(e.meta.status):
+                raise SearchUnavailableError(f"Elasticsearch {e.meta.status}") from e
+            raise
+        except TransportError as e:
+            raise SearchUnavailableError("Elasticsearch is unreachable") from e
+        total = response["hits"]["total"]
+        found = int(total["value"] if isinstance(total, dict) else total)
+        return found >= len(versions)
 
     async def _document_fields(self, alias: str) -> dict[str, FieldInfo] | None:
         """The alias's document fields, or None when the collection has no index yet."""
@@ -104,9 +181,13 @@ class ElasticsearchSearcher:
 
 
 def _reason(e: ApiError) -> str:
+    """Elasticsearch's own reason (the first root cause: "all shards failed" says little)."""
     body = e.body
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict):
+            causes = error.get("root_cause")
+            if isinstance(causes, list) and causes and isinstance(causes[0], dict):
+                error = causes[0]
             return str(error.get("reason") or error.get("type") or e.message)[:300]
     return str(e.message)[:300]

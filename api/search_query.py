@@ -10,7 +10,13 @@ reads from the index and passes in (`document_fields`):
   never seen matches nothing. Several filters must all match.
 - `sort=field` ascending, `sort=-field` descending; full-text-only fields cannot be sorted
   on. Every sort ends with the document id, so `search_after` pages are stable.
-- `q` is a `simple_query_string` over the document's text fields.
+- `q` is a `simple_query_string` over the document's text fields, with a bounded cost:
+  only the AND, OR, NOT, phrase, precedence and escape operators and the prefix `*`
+  (the flags say so, and `~` is taken out of the query text too, so fuzzy and slop stay
+  off on a server that ignores the flags); a prefix needs `MIN_PREFIX_CHARS` characters
+  before its `*` and only the first `MAX_PREFIX_TERMS` count; any other `*` is literal.
+- Elasticsearch stops the search after the configured timeout and counts `total`
+  exactly only up to the configured cap (`relation` "gte" past it).
 
 The `next` token is URL-safe base64 of the last hit's sort values together with the sort
 it belongs to; it is opaque to clients and rejected (400) when malformed or reused with
@@ -42,6 +48,14 @@ DEFAULT_SIZE = 10
 MAX_QUERY_CHARS = 1000
 MAX_FILTERS = 20
 MAX_TOKEN_CHARS = 4096
+SIMPLE_QUERY_FLAGS = "AND|OR|NOT|PHRASE|PRECEDENCE|WHITESPACE|ESCAPE|PREFIX"
+MIN_PREFIX_CHARS = 3
+MAX_PREFIX_TERMS = 3
+DEFAULT_TIMEOUT_MS = 2000
+DEFAULT_MAX_TOTAL = 10_000
+_PREFIX_STAR_RE = re.compile(r"(?<!\\)\*")
+_TILDE_RE = re.compile(r"(?<!\\)~")
+_TERM_CHAR_RE = re.compile(r"[^\s*()+|\"~\\-]")
 
 _FIELD_RE = re.compile(r"^[A-Za-z0-9_@-]+(\.[A-Za-z0-9_@-]+)*$")
 _MAX_FIELD_CHARS = 256
@@ -89,6 +103,8 @@ class SearchParams:
     sort: str | None = None
     size: int = DEFAULT_SIZE
     search_after: str | None = None
+    timeout_ms: int = DEFAULT_TIMEOUT_MS
+    max_total: int = DEFAULT_MAX_TOTAL
 
 
 def document_fields(mapping: Mapping[str, Any]) -> dict[str, FieldInfo]:
@@ -222,14 +238,39 @@ def _sort_clause(
     return [{path: spec}, tiebreak]
 
 
+def limit_prefixes(q: str) -> str:
+    """Escape (make literal) every prefix `*` after a term shorter than
+    `MIN_PREFIX_CHARS`, and every one after the first `MAX_PREFIX_TERMS`: a prefix term
+    expands to every indexed term it starts, which is the expensive part of a query.
+    Fuzzy and slop (`~`) become plain separators."""
+    out: list[str] = []
+    kept = 0
+    last = 0
+    for match in _PREFIX_STAR_RE.finditer(q):
+        start = match.start()
+        term = 0
+        while start - term > 0 and _TERM_CHAR_RE.fullmatch(q[start - term - 1]):
+            term += 1
+        out.append(q[last:start])
+        if term >= MIN_PREFIX_CHARS and kept < MAX_PREFIX_TERMS:
+            kept += 1
+            out.append("*")
+        else:
+            out.append("\\*")
+        last = match.end()
+    out.append(q[last:])
+    return _TILDE_RE.sub(" ", "".join(out))
+
+
 def _text_query(q: str, fields: Mapping[str, FieldInfo]) -> dict[str, Any]:
     text_fields = sorted(f"{DOCUMENT_FIELD}.{n}" for n, info in fields.items() if info.is_text)
     return {
         "simple_query_string": {
-            "query": q,
+            "query": limit_prefixes(q),
             "fields": text_fields or [f"{DOCUMENT_FIELD}.*"],
             "default_operator": "and",
             "lenient": True,
+            "flags": SIMPLE_QUERY_FLAGS,
         }
     }
 
@@ -255,7 +296,8 @@ def build_search(params: SearchParams, fields: Mapping[str, FieldInfo]) -> dict[
         "query": query,
         "sort": _sort_clause(sort, fields, has_query=bool(q)),
         "size": params.size,
-        "track_total_hits": True,
+        "track_total_hits": params.max_total,
+        "timeout": f"{params.timeout_ms}ms",
         "source_includes": [VERSION_FIELD, DOCUMENT_FIELD],
     }
     if params.search_after:

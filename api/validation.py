@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from infra.index_limits import IndexLimitError, IndexLimits, check_document_limits
+from infra.index_limits import IndexLimitError, IndexLimits, check_document_limits, is_blank
 from infra.naming import COLLECTION_RE
 
 DOCUMENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}$")
@@ -64,24 +64,57 @@ def check_body_size(size: int, max_bytes: int) -> None:
         raise BodyTooLargeError(f"request body exceeds the limit of {max_bytes} bytes")
 
 
-def parse_json_object(raw: bytes, *, max_depth: int) -> dict[str, Any]:
+def parse_json_object(
+    raw: bytes, *, max_depth: int, max_key_chars: int | None = None
+) -> dict[str, Any]:
     """Decode a request body that must be a JSON object, then check it (`check_document`)."""
     if not raw.strip():
         raise MalformedJsonError("request body is empty; expected a JSON object")
+    check_integer_literals(raw)  # before parsing: orjson makes them floats or refuses them
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise MalformedJsonError(f"request body is not valid JSON: {e}") from e
     if not isinstance(value, dict):
         raise InvalidInputError(f"request body must be a JSON object, got {_json_kind(value)}")
-    check_document(value, max_depth=max_depth)
+    check_document(value, max_depth=max_depth, max_key_chars=max_key_chars)
     return value
 
 
-def check_document(document: dict[str, Any], *, max_depth: int) -> None:
+# A JSON string (skipped whole), or an integer literal of 19+ digits outside one.
+_STRING_OR_LONG_INTEGER = re.compile(rb'"(?:[^"\\]|\\.)*"|(?<![\d.eE+-])-?\d{19,}(?![.eE\d])')
+
+
+def check_integer_literals(raw: bytes) -> None:
+    """Refuse integer literals outside BSON's signed 64 bits.
+
+    orjson turns integers beyond 64 bits into floats, so after parsing they look like
+    numbers that fit; only the text shows what the client wrote. Cheap unless the body
+    has a run of 19 digits somewhere.
+    """
+    if _LONG_DIGIT_RUN.search(raw) is None:
+        return
+    for match in _STRING_OR_LONG_INTEGER.finditer(raw):
+        literal = match.group()
+        if literal.startswith(b'"'):
+            continue
+        digits = literal.lstrip(b"-")
+        if len(digits) > 20 or not INT64_MIN <= int(literal) <= INT64_MAX:
+            raise InvalidInputError(f"integer {literal[:24].decode()}... does not fit in 64 bits")
+
+
+_LONG_DIGIT_RUN = re.compile(rb"\d{19}")
+
+
+def check_document(
+    document: dict[str, Any], *, max_depth: int, max_key_chars: int | None = None
+) -> None:
     """Refuse keys MongoDB treats specially, excessive nesting and integers BSON cannot hold.
 
-    The top-level object is depth 1; each nested object or array adds one.
+    The top-level object is depth 1; each nested object or array adds one. With
+    `max_key_chars`, also keys Elasticsearch cannot map: blank ones and longer ones (checked
+    on the body itself, so a merge patch's bad key is refused before its `If-Match` is
+    judged; the whole stored document is checked against the index limits later).
     """
     # An explicit stack: a hostile body must not be able to exhaust Python's recursion.
     stack: list[tuple[Any, int, str]] = [(document, 1, "")]
@@ -91,7 +124,7 @@ def check_document(document: dict[str, Any], *, max_depth: int) -> None:
             raise InvalidInputError(f"nesting deeper than {max_depth} levels at {path or '/'}")
         if isinstance(value, dict):
             for key, item in value.items():
-                _check_key(key, path)
+                _check_key(key, path, max_key_chars)
                 stack.append((item, depth + 1, f"{path}/{_escape_pointer(key)}"))
         elif isinstance(value, list):
             for index, item in enumerate(value):
@@ -113,8 +146,19 @@ def check_indexable(document: dict[str, Any], limits: IndexLimits) -> None:
         raise InvalidInputError(str(e)) from e
 
 
-def _check_key(key: str, path: str) -> None:
+def _check_key(key: str, path: str, max_chars: int | None) -> None:
     where = f"{path}/{_escape_pointer(key)}"
+    if max_chars is not None:
+        if is_blank(key):
+            raise InvalidInputError(
+                f"key at {_short(where)} is empty or only whitespace: Elasticsearch refuses "
+                "such field names"
+            )
+        if len(key) > max_chars:
+            raise InvalidInputError(
+                f"key at {_short(where)} is {len(key)} characters long, over the limit of "
+                f"{max_chars} (OUTBOX_ES_FIELD_NAME_MAX_CHARS)"
+            )
     if key.startswith("$"):
         raise InvalidInputError(f"key at {_short(where)} starts with '$'")
     if "." in key:
@@ -122,21 +166,6 @@ def _check_key(key: str, path: str) -> None:
     if "\x00" in key:
         shown = _short(where.replace("\x00", "\\0"))
         raise InvalidInputError(f"key at {shown} contains NUL")
-
-
-def depth_of(value: Any) -> int:
-    """Nesting depth as `check_document` counts it (scalars are 0, `{}` is 1)."""
-    best = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            best = max(best, depth + 1)
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            best = max(best, depth + 1)
-            stack.extend((v, depth + 1) for v in item)
-    return best
 
 
 def split_body_id(

@@ -60,6 +60,7 @@ class StoredState:
 # --- If-Match --------------------------------------------------------------------------
 
 _ETAG_RE = re.compile(r'^(?:W/)?"([^"]*)"$')
+MAX_VERSION_DIGITS = 19
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,9 @@ class IfMatch:
             tag = part.strip()
             m = _ETAG_RE.fullmatch(tag)
             value = m.group(1) if m else tag
-            if value.isascii() and value.isdigit():
+            # No version has more than 19 digits (int64); a longer run names none, and
+            # int() of thousands of digits raises instead of answering 412.
+            if value.isascii() and value.isdigit() and len(value) <= MAX_VERSION_DIGITS:
                 versions.add(int(value))
         return cls(versions=frozenset(versions))
 
@@ -149,6 +152,7 @@ class WritePlan:
         document_id: str,
         time: datetime,
         traceparent: str | None,
+        auth_id: str | None = None,
     ) -> OutboxRecord:
         return OutboxRecord(
             event_id=event_id,
@@ -159,6 +163,7 @@ class WritePlan:
             payload=self.document,
             time=time,
             traceparent=traceparent,
+            auth_id=auth_id,
         )
 
 

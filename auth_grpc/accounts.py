@@ -6,13 +6,16 @@ edge, and the store is any `UserStore`. That keeps the rules testable without se
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 from auth_grpc.passwords import PasswordHasher
 from auth_grpc.tokens import TokenClaims, TokenError, decode_token, issue_token
+from infra.naming import is_collection_name
 
 Role = Literal["reader", "writer", "admin"]
 
@@ -50,6 +53,14 @@ class UnauthenticatedError(AccountError):
     """Bad credentials, or a token that is malformed, expired, revoked or orphaned."""
 
 
+class LoginThrottledError(AccountError):
+    """Too many failed logins for this username: try again after `retry_after_s`."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"too many failed logins; try again in {math.ceil(retry_after_s)} s")
+        self.retry_after_s = retry_after_s
+
+
 def roles_for(role: Role) -> list[Role]:
     """The role and every role below it, lowest first: `admin` → reader, writer, admin."""
     return list(ROLE_ORDER[: ROLE_ORDER.index(role) + 1])
@@ -66,6 +77,26 @@ def validate_username(username: str) -> None:
         raise InvalidArgumentError(
             "username must be 3-64 characters of letters, digits, '_', '.' or '-'"
         )
+
+
+def validate_collections(collections: Sequence[str]) -> tuple[str, ...]:
+    """A role's collection scope: valid collection names (empty means every collection)."""
+    for name in collections:
+        if not is_collection_name(name):
+            raise InvalidArgumentError(f"{name[:80]!r} is not a valid collection name")
+    return tuple(dict.fromkeys(collections))
+
+
+def failure_delay_s(failures: int, free_failures: int, max_delay_s: float) -> float:
+    """How long a username waits after `failures` failed logins in a row.
+
+    The first `free_failures` cost nothing (typos); then 1 s, doubling with each further
+    failure, capped at `max_delay_s`: an online guesser gets a few tries per `max_delay_s`,
+    and the real user, if the attacker is hammering the name, waits at most that long.
+    """
+    if failures < free_failures:
+        return 0.0
+    return float(min(max_delay_s, 2 ** min(failures - free_failures, 62)))
 
 
 def validate_password(password: str) -> None:
@@ -85,6 +116,8 @@ class User:
     password_hash: str
     roles: tuple[Role, ...]
     created_at: datetime
+    collections: tuple[str, ...] = ()  # the role applies to these collections; empty: all
+    disabled: bool = False
 
     @property
     def role(self) -> Role:
@@ -100,6 +133,7 @@ class VerifiedToken:
     roles: tuple[Role, ...]
     expires_at: int
     token_id: str
+    collections: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,7 +146,13 @@ class IssuedToken:
 class UserStore(Protocol):
     """Where users and revoked token ids live (MongoDB in production: `MongoUserStore`)."""
 
-    async def create_user(self, username: str, password_hash: str, roles: list[Role]) -> User:
+    async def create_user(
+        self,
+        username: str,
+        password_hash: str,
+        roles: list[Role],
+        collections: tuple[str, ...] = (),
+    ) -> User:
         """Insert a user; raise `UserExistsError` when the username is taken."""
         ...
 
@@ -129,6 +169,18 @@ class UserStore(Protocol):
     async def is_revoked(self, token_id: str) -> bool: ...
 
 
+class LoginThrottle(Protocol):
+    """Failed logins per username (MongoDB in production: `MongoLoginThrottle`)."""
+
+    async def admit(self, username: str) -> float | None:
+        """None to let the attempt go ahead, else the seconds to wait before the next one."""
+        ...
+
+    async def failed(self, username: str) -> None: ...
+
+    async def succeeded(self, username: str) -> None: ...
+
+
 class AccountService:
     """Register, Login, Verify and Revoke, over a `UserStore` and a `PasswordHasher`."""
 
@@ -139,25 +191,55 @@ class AccountService:
         *,
         token_secret: str,
         token_ttl_seconds: int,
+        open_signup: bool = False,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         self._store = store
         self._hasher = hasher
         self._secret = token_secret
         self._ttl = token_ttl_seconds
+        self._open_signup = open_signup
+        self._throttle = throttle
 
     async def register(
-        self, username: str, password: str, role: Role, *, admin_token: str = ""
+        self,
+        username: str,
+        password: str,
+        role: Role,
+        *,
+        admin_token: str = "",
+        collections: Sequence[str] = (),
     ) -> User:
-        """Open sign-up creates readers; writer and admin need a valid admin's token."""
+        """Needs a valid admin's token, unless open sign-up is on and the role is reader."""
         validate_username(username)
         validate_password(password)
-        if role != "reader":
+        scope = validate_collections(collections)
+        if role != "reader" or scope or not self._open_signup:
             await self._require_admin(admin_token)
         password_hash = await self._hasher.hash(password)
-        return await self._store.create_user(username, password_hash, roles_for(role))
+        return await self._store.create_user(username, password_hash, roles_for(role), scope)
 
     async def login(self, username: str, password: str) -> tuple[User, IssuedToken]:
-        """Check the credentials and issue a token; upgrade the hash when parameters changed."""
+        """Check the credentials and issue a token; upgrade the hash when parameters changed.
+
+        A username with too many recent failures is refused (`LoginThrottledError`) before
+        any hashing, whether or not it exists, so throttling reveals nothing either.
+        """
+        if self._throttle is not None:
+            wait = await self._throttle.admit(username)
+            if wait is not None:
+                raise LoginThrottledError(wait)
+        try:
+            user = await self._check_credentials(username, password)
+        except UnauthenticatedError:
+            if self._throttle is not None:
+                await self._throttle.failed(username)
+            raise
+        if self._throttle is not None:
+            await self._throttle.succeeded(username)
+        return user, self._issue(user)
+
+    async def _check_credentials(self, username: str, password: str) -> User:
         if len(password) > MAX_PASSWORD_LENGTH:
             raise UnauthenticatedError(BAD_CREDENTIALS)  # no account can have such a password
         user = (
@@ -169,10 +251,13 @@ class AccountService:
             # Spend the same argon2 work as a real check so timing does not reveal the user.
             await self._hasher.verify_dummy(password)
             raise UnauthenticatedError(BAD_CREDENTIALS)
-        if not await self._hasher.verify(user.password_hash, password):
+        if not await self._hasher.verify(user.password_hash, password) or user.disabled:
             raise UnauthenticatedError(BAD_CREDENTIALS)
         if self._hasher.needs_rehash(user.password_hash):
             await self._store.update_password_hash(user.id, await self._hasher.hash(password))
+        return user
+
+    def _issue(self, user: User) -> IssuedToken:
         token, claims = issue_token(
             secret=self._secret,
             user_id=user.id,
@@ -180,7 +265,7 @@ class AccountService:
             roles=list(user.roles),
             ttl_seconds=self._ttl,
         )
-        return user, IssuedToken(access_token=token, expires_in=self._ttl, claims=claims)
+        return IssuedToken(access_token=token, expires_in=self._ttl, claims=claims)
 
     async def verify(self, token: str) -> VerifiedToken:
         """Signature, expiry, revocation and that the user still exists; roles from the record."""
@@ -190,12 +275,15 @@ class AccountService:
         user = await self._store.find_by_id(claims.user_id)
         if user is None:
             raise UnauthenticatedError("token belongs to a user that no longer exists")
+        if user.disabled:
+            raise UnauthenticatedError("token belongs to a disabled user")
         return VerifiedToken(
             user_id=user.id,
             username=user.username,
             roles=user.roles,
             expires_at=claims.expires_at,
             token_id=claims.token_id,
+            collections=user.collections,
         )
 
     async def revoke(self, token: str) -> TokenClaims:
@@ -214,10 +302,10 @@ class AccountService:
 
     async def _require_admin(self, admin_token: str) -> None:
         if not admin_token:
-            raise PermissionDeniedError("only an admin may create writer or admin users")
+            raise PermissionDeniedError("only an admin may create users")
         try:
             verified = await self.verify(admin_token)
         except UnauthenticatedError as e:
             raise PermissionDeniedError(f"admin token refused: {e}") from e
-        if "admin" not in verified.roles:
-            raise PermissionDeniedError("only an admin may create writer or admin users")
+        if "admin" not in verified.roles or verified.collections:
+            raise PermissionDeniedError("only an admin of every collection may create users")

@@ -23,6 +23,8 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from auth_grpc.accounts import AccountService
+from auth_grpc.login_throttle import MongoLoginThrottle
+from auth_grpc.metrics import AuthMetrics
 from auth_grpc.passwords import PasswordHasher
 from auth_grpc.servicer import AuthServicer
 from auth_grpc.store import MongoUserStore
@@ -50,6 +52,7 @@ class AuthServer:
     host: str
     client: MongoClient
     health: HealthServicer
+    metrics: AuthMetrics
     # Why MongoDB is considered down (None while it answers); drives health and /readyz.
     mongo_problem: str | None = None
     _monitor: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -96,15 +99,24 @@ async def start_server(
     host = settings.auth.host
     client = mongo_client(settings.mongo, app_name="outbox-auth")
     store = MongoUserStore(client, settings.mongo)
-    hasher = hasher or PasswordHasher()
+    throttle = MongoLoginThrottle(
+        client,
+        settings.mongo,
+        free_failures=settings.auth.login_free_failures,
+        max_delay_s=settings.auth.login_max_delay_seconds,
+    )
+    hasher = hasher or PasswordHasher(max_concurrent=settings.auth.max_concurrent_hashes or None)
     accounts = AccountService(
         store,
         hasher,
         token_secret=token_secret,
         token_ttl_seconds=settings.auth.token_ttl_seconds,
+        open_signup=settings.auth.open_signup,
+        throttle=throttle,
     )
+    metrics = AuthMetrics()
     server = grpc.aio.server()
-    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts), server)
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts, metrics), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if settings.reflection_enabled:
@@ -120,13 +132,21 @@ async def start_server(
             else server.add_insecure_port(address)
         )
         await server.start()
-        handle = AuthServer(server=server, port=bound_port, host=host, client=client, health=health)
+        handle = AuthServer(
+            server=server,
+            port=bound_port,
+            host=host,
+            client=client,
+            health=health,
+            metrics=metrics,
+        )
         async for attempt in retrying(
             "auth_mongo_ready", attempts=0, max_delay_s=ready_timeout_s, max_wait_s=2.0
         ):
             with attempt:
                 await ping(client, settings.mongo)
                 await store.ensure_indexes()
+                await throttle.ensure_indexes()
         await hasher.prepare()
     except BaseException:
         await server.stop(None)
@@ -179,7 +199,10 @@ async def serve(settings: Settings) -> None:
     handle = await start_server(settings)
     try:
         async with HealthServer(
-            settings.auth.metrics_host, settings.auth.metrics_port, handle.readiness
+            settings.auth.metrics_host,
+            settings.auth.metrics_port,
+            handle.readiness,
+            registry=handle.metrics.registry,
         ):
             # Not `server.wait_for_termination()`: cancelling it cancels the future a graceful
             # `server.stop()` waits on, which turns the grace period into an abrupt stop.

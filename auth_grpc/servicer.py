@@ -2,39 +2,40 @@
 
 Every call logs exactly one line (`user_registered`, `login_succeeded`, `token_verified`,
 `token_revoked`, or the matching `*_refused` / `auth_call_failed`). Passwords and tokens
-are never logged; token ids (`jti`) and user ids are.
+are never logged; token ids (`jti`) and user ids are. A username is logged as typed only
+once it proved to be one (a successful login or registration): people sometimes type their
+password into the username field, so refusals carry `username_digest` instead.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 import structlog
-from prometheus_client import Counter, Histogram
 
 from auth_grpc.accounts import (
     AccountError,
     AccountService,
     InvalidArgumentError,
+    LoginThrottledError,
     PermissionDeniedError,
     Role,
     UnauthenticatedError,
     User,
     UserExistsError,
 )
+from auth_grpc.login_throttle import username_digest
+from auth_grpc.metrics import AuthMetrics
 from infra.errors import PipelineError, RetriableError
 from protos.auth.v1 import auth_pb2, auth_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
-# prometheus_client's default registry is process-wide by design: define each metric once.
-REQUESTS = Counter(
-    "outbox_auth_requests", "Auth gRPC calls by method and status code.", ["rpc", "code"]
-)
-LATENCY = Histogram("outbox_auth_request_seconds", "Auth gRPC call duration.", ["rpc"])
+RETRY_AFTER_METADATA = "retry-after"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
@@ -56,30 +57,36 @@ _STATUS_FOR: list[tuple[type[AccountError], grpc.StatusCode]] = [
     (UserExistsError, grpc.StatusCode.ALREADY_EXISTS),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (LoginThrottledError, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     """`auth.v1.AuthService` over an `AccountService`."""
 
-    def __init__(self, accounts: AccountService) -> None:
+    def __init__(self, accounts: AccountService, metrics: AuthMetrics | None = None) -> None:
         self._accounts = accounts
+        self._metrics = metrics or AuthMetrics()
 
     async def Register(  # noqa: N802 - gRPC method names come from the proto
         self, request: auth_pb2.RegisterRequest, context: Context
     ) -> auth_pb2.RegisterResponse:
-        bound = log.bind(rpc="Register", username=request.username)
+        bound = log.bind(rpc="Register", username_digest=username_digest(request.username))
 
         async def register() -> User:
             role = PROTO_TO_ROLE.get(request.role)
             if role is None:
                 raise InvalidArgumentError(f"unknown role {request.role}")
             return await self._accounts.register(
-                request.username, request.password, role, admin_token=request.admin_token
+                request.username,
+                request.password,
+                role,
+                admin_token=request.admin_token,
+                collections=list(request.collections),
             )
 
-        user = await _call("Register", bound, "registration_refused", context, register)
-        bound.info("user_registered", user_id=user.id, role=user.role)
+        user = await self._call("Register", bound, "registration_refused", context, register)
+        bound.info("user_registered", user_id=user.id, username=user.username, role=user.role)
         return auth_pb2.RegisterResponse(
             user_id=user.id, username=user.username, role=ROLE_TO_PROTO[user.role]
         )
@@ -87,15 +94,20 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def Login(  # noqa: N802
         self, request: auth_pb2.LoginRequest, context: Context
     ) -> auth_pb2.LoginResponse:
-        bound = log.bind(rpc="Login", username=request.username)
-        user, issued = await _call(
+        bound = log.bind(rpc="Login", username_digest=username_digest(request.username))
+        user, issued = await self._call(
             "Login",
             bound,
             "login_refused",
             context,
             lambda: self._accounts.login(request.username, request.password),
         )
-        bound.info("login_succeeded", user_id=user.id, token_id=issued.claims.token_id)
+        bound.info(
+            "login_succeeded",
+            user_id=user.id,
+            username=user.username,
+            token_id=issued.claims.token_id,
+        )
         return auth_pb2.LoginResponse(
             access_token=issued.access_token,
             token_type="bearer",  # noqa: S106 - the OAuth2 token type, not a secret
@@ -106,7 +118,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.VerifyRequest, context: Context
     ) -> auth_pb2.VerifyResponse:
         bound = log.bind(rpc="Verify")
-        verified = await _call(
+        verified = await self._call(
             "Verify", bound, "token_refused", context, lambda: self._accounts.verify(request.token)
         )
         bound.info("token_verified", user_id=verified.user_id, token_id=verified.token_id)
@@ -116,44 +128,47 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             roles=[ROLE_TO_PROTO[r] for r in verified.roles],
             expires_at=verified.expires_at,
             token_id=verified.token_id,
+            collections=list(verified.collections),
         )
 
     async def Revoke(  # noqa: N802
         self, request: auth_pb2.RevokeRequest, context: Context
     ) -> auth_pb2.RevokeResponse:
         bound = log.bind(rpc="Revoke")
-        claims = await _call(
+        claims = await self._call(
             "Revoke", bound, "revoke_refused", context, lambda: self._accounts.revoke(request.token)
         )
         bound.info("token_revoked", user_id=claims.user_id, token_id=claims.token_id)
         return auth_pb2.RevokeResponse(revoked=True)
 
-
-async def _call(
-    rpc: str,
-    bound: structlog.typing.FilteringBoundLogger,
-    refused_event: str,
-    context: Context,
-    call: Callable[[], Awaitable[T]],
-) -> T:
-    """Run a use case; turn its refusals and infrastructure errors into gRPC statuses."""
-    started = time.perf_counter()
-    code = grpc.StatusCode.OK
-    try:
-        return await call()
-    except AccountError as e:
-        code = next(c for kind, c in _STATUS_FOR if isinstance(e, kind))
-        bound.info(refused_event, code=code.name, reason=str(e))
-        await context.abort(code, str(e))
-    except RetriableError as e:
-        # The client may retry UNAVAILABLE; the detail stays in our log, not on the wire.
-        code = grpc.StatusCode.UNAVAILABLE
-        bound.warning("auth_call_failed", code=code.name, error=str(e))
-        await context.abort(code, "user store unavailable, try again")
-    except PipelineError as e:
-        code = grpc.StatusCode.INTERNAL
-        bound.error("auth_call_failed", code=code.name, error=str(e))
-        await context.abort(code, "internal error")
-    finally:
-        REQUESTS.labels(rpc=rpc, code=code.name).inc()
-        LATENCY.labels(rpc=rpc).observe(time.perf_counter() - started)
+    async def _call(
+        self,
+        rpc: str,
+        bound: structlog.typing.FilteringBoundLogger,
+        refused_event: str,
+        context: Context,
+        call: Callable[[], Awaitable[T]],
+    ) -> T:
+        """Run a use case; turn its refusals and infrastructure errors into gRPC statuses."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await call()
+        except AccountError as e:
+            code = next(c for kind, c in _STATUS_FOR if isinstance(e, kind))
+            bound.info(refused_event, code=code.name, reason=str(e))
+            if isinstance(e, LoginThrottledError):
+                wait = str(math.ceil(e.retry_after_s))
+                context.set_trailing_metadata(((RETRY_AFTER_METADATA, wait),))
+            await context.abort(code, str(e))
+        except RetriableError as e:
+            # The client may retry UNAVAILABLE; the detail stays in our log, not on the wire.
+            code = grpc.StatusCode.UNAVAILABLE
+            bound.warning("auth_call_failed", code=code.name, error=str(e))
+            await context.abort(code, "user store unavailable, try again")
+        except PipelineError as e:
+            code = grpc.StatusCode.INTERNAL
+            bound.error("auth_call_failed", code=code.name, error=str(e))
+            await context.abort(code, "internal error")
+        finally:
+            self._metrics.observe(rpc, code.name, time.perf_counter() - started)

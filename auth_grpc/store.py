@@ -46,7 +46,13 @@ class MongoUserStore:
         except PyMongoError as e:
             raise map_mongo_error(e) from e
 
-    async def create_user(self, username: str, password_hash: str, roles: list[Role]) -> User:
+    async def create_user(
+        self,
+        username: str,
+        password_hash: str,
+        roles: list[Role],
+        collections: tuple[str, ...] = (),
+    ) -> User:
         """Insert a user; `UserExistsError` when the username is taken."""
         now = datetime.now(UTC)
         doc: dict[str, Any] = {
@@ -54,6 +60,8 @@ class MongoUserStore:
             "username": username,
             "password_hash": password_hash,
             "roles": list(roles),
+            "collections": list(collections),
+            "disabled": False,
             "created_at": now,
             "updated_at": now,
         }
@@ -79,6 +87,35 @@ class MongoUserStore:
             )
         except PyMongoError as e:
             raise map_mongo_error(e) from e
+
+    async def set_role(
+        self, username: str, roles: list[Role], collections: tuple[str, ...]
+    ) -> bool:
+        """Give the user `roles` scoped to `collections` (empty: all); False if no such user."""
+        return await self._update(
+            username, {"roles": list(roles), "collections": list(collections)}
+        )
+
+    async def set_disabled(self, username: str, disabled: bool) -> bool:
+        """Disable (or re-enable) the user; False if no such user."""
+        return await self._update(username, {"disabled": disabled})
+
+    async def delete_user(self, username: str) -> bool:
+        """Delete the user (their tokens stop verifying); False if no such user."""
+        try:
+            deleted = await self._users.delete_one({"username": username})
+        except PyMongoError as e:
+            raise map_mongo_error(e) from e
+        return deleted.deleted_count == 1
+
+    async def _update(self, username: str, fields: dict[str, Any]) -> bool:
+        try:
+            updated = await self._users.update_one(
+                {"username": username}, {"$set": {**fields, "updated_at": datetime.now(UTC)}}
+            )
+        except PyMongoError as e:
+            raise map_mongo_error(e) from e
+        return updated.matched_count == 1
 
     async def revoke(self, token_id: str, user_id: str, expires_at: datetime) -> None:
         """Deny `token_id` until `expires_at`; an upsert, so revoking twice is harmless."""
@@ -123,4 +160,6 @@ def _user_from_doc(doc: Mapping[str, Any]) -> User:
         password_hash=str(doc["password_hash"]),
         roles=roles,
         created_at=created_at,
+        collections=tuple(str(c) for c in doc.get("collections") or ()),
+        disabled=bool(doc.get("disabled", False)),
     )

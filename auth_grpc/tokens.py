@@ -1,7 +1,10 @@
 """Access tokens: HS256 JWTs with a unique `jti`. Pure functions, no I/O.
 
-Claims: `sub` (user id), `name` (username), `roles`, `iat`, `exp`, `jti`. Only HS256 is
-accepted on decode, so a token that says `alg: none` (or anything else) is refused.
+Claims: `sub` (user id), `name` (username), `roles`, `iat`, `exp`, `jti`, `iss`
+(`outbox-auth`) and `aud` (`outbox-api`). Only HS256 is accepted on decode, so a token that
+says `alg: none` (or anything else) is refused; `iss` and `aud` are required, so a token
+another system signed with the same secret is refused too; and no token may live longer
+than `MAX_TTL_SECONDS`, whatever its signature says.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from dataclasses import dataclass
 import jwt
 
 ALGORITHM = "HS256"
-_REQUIRED_CLAIMS = ["sub", "name", "roles", "iat", "exp", "jti"]
+ISSUER = "outbox-auth"
+AUDIENCE = "outbox-api"
+MAX_TTL_SECONDS = 24 * 3600
+_REQUIRED_CLAIMS = ["sub", "name", "roles", "iat", "exp", "jti", "iss", "aud"]
 
 
 class TokenError(Exception):
@@ -44,6 +50,8 @@ def issue_token(
     now: int | None = None,
 ) -> tuple[str, TokenClaims]:
     """Sign a new token valid for `ttl_seconds` from `now` (default: the current time)."""
+    if not 0 < ttl_seconds <= MAX_TTL_SECONDS:
+        raise ValueError(f"a token's lifetime must be 1 to {MAX_TTL_SECONDS} seconds")
     issued_at = int(time.time()) if now is None else now
     claims = TokenClaims(
         user_id=user_id,
@@ -60,6 +68,8 @@ def issue_token(
         "iat": claims.issued_at,
         "exp": claims.expires_at,
         "jti": claims.token_id,
+        "iss": ISSUER,
+        "aud": AUDIENCE,
     }
     return jwt.encode(payload, secret, algorithm=ALGORITHM), claims
 
@@ -71,6 +81,8 @@ def decode_token(token: str, *, secret: str) -> TokenClaims:
             token,
             secret,
             algorithms=[ALGORITHM],
+            issuer=ISSUER,
+            audience=AUDIENCE,
             options={"require": _REQUIRED_CLAIMS},
         )
     except jwt.ExpiredSignatureError as e:
@@ -89,6 +101,8 @@ def decode_token(token: str, *, secret: str) -> TokenClaims:
         and isinstance(exp, int)
     ):
         raise TokenError("token is invalid: unexpected claim types")
+    if exp - iat > MAX_TTL_SECONDS:
+        raise TokenError("token is invalid: its lifetime exceeds the maximum")
     return TokenClaims(
         user_id=sub,
         username=name,

@@ -62,7 +62,7 @@ def at_the_limits(settings: Settings) -> dict[str, dict[str, Any]]:
     return {
         "fields": {f"f{i}": i for i in range(numbers)},
         "depth": _nest(es.depth_limit - 1),  # the `document` object is one level
-        "key": {"k" * es.field_name_max_bytes: 1},
+        "key": {"k" * es.field_name_max_chars: 1},
     }
 
 
@@ -74,7 +74,7 @@ def over_the_limits(settings: Settings) -> dict[str, dict[str, Any]]:
         "fields": {f"f{i}": i for i in range(numbers + 1)},
         "strings": {f"s{i}": "x" for i in range(numbers // 2 + 1)},  # text + .keyword each
         "depth": _nest(es.depth_limit),
-        "key": {"k" * (es.field_name_max_bytes + 1): 1},
+        "key": {"k" * (es.field_name_max_chars + 1): 1},
         "empty-key": {"": 1},
         "blank-key": {" ": 1},
     }

@@ -48,6 +48,7 @@ def generate(directory: Path) -> dict[str, Path]:
         return path.read_text()
 
     ensure("token_secret", lambda: secrets.token_hex(32))
+    ensure("api_consistency_key", lambda: secrets.token_hex(32))
     ensure("mongo_root_password", _password)
     ensure("mongo_keyfile", lambda: base64.b64encode(secrets.token_bytes(756)).decode())
     mongo_password = ensure("mongo_outbox_password", _password)

@@ -24,13 +24,16 @@ What is counted, for one document under the mapping of `infra/index_layout.py`:
   do not count): a document may nest objects `depth - 1` levels, itself included.
 - **nested objects**: objects at the paths the override maps as `"type": "nested"`.
 - **field names**: a key must not be empty or blank (nor have an empty segment between
-  dots, which Elasticsearch expands into objects), and at most `field_name_bytes` bytes of
-  UTF-8 (256: our own limit, not Elasticsearch's; it keeps each mapping, which every node
-  holds in its cluster state, reasonably small).
+  dots, which Elasticsearch expands into objects) — blank as Elasticsearch judges it, by
+  Java's `Character.isWhitespace` (`BLANK_CHARACTERS`) — and at most `field_name_chars`
+  characters (256: our own limit, not Elasticsearch's; it keeps each mapping, which every
+  node holds in its cluster state, reasonably small). Characters, not bytes, so the
+  OpenAPI schema can state the limit exactly (`maxLength`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,7 +46,20 @@ TOTAL_FIELDS_LIMIT = 1000  # index.mapping.total_fields.limit
 DEPTH_LIMIT = 20  # index.mapping.depth.limit
 NESTED_OBJECTS_LIMIT = 10_000  # index.mapping.nested_objects.limit
 # Ours: Elasticsearch's index.mapping.field_name_length.limit is unbounded by default.
-FIELD_NAME_MAX_BYTES = 256
+FIELD_NAME_MAX_CHARS = 256
+# What Java's Character.isWhitespace calls whitespace (a field name of only these is
+# "blank" to Elasticsearch), spelled out so the API's OpenAPI pattern says the same.
+BLANK_CHARACTERS = (
+    "\t\n\u000b\u000c\r\u001c\u001d\u001e\u001f \u1680\u2000-\u2006\u2008-\u200a"
+    "\u2028\u2029\u205f\u3000"
+)
+_BLANK_RE = re.compile(f"[{BLANK_CHARACTERS}]*")
+
+
+def is_blank(key: str) -> bool:
+    """Empty, or only characters Elasticsearch treats as whitespace."""
+    return _BLANK_RE.fullmatch(key) is not None
+
 
 # Fields the envelope maps in every index (`infra.index_layout.index_mapping`).
 ENVELOPE_FIELDS = 7
@@ -60,7 +76,7 @@ class IndexLimits:
     total_fields: int = TOTAL_FIELDS_LIMIT
     depth: int = DEPTH_LIMIT
     nested_objects: int = NESTED_OBJECTS_LIMIT
-    field_name_bytes: int = FIELD_NAME_MAX_BYTES
+    field_name_chars: int = FIELD_NAME_MAX_CHARS
     # From the collection's mapping override: declared document paths → fields each maps,
     # whether undeclared fields are mapped, and which paths are `nested`.
     declared: Mapping[str, int] | None = None
@@ -89,7 +105,7 @@ def index_limits(es: ElasticSettings, collection: str) -> IndexLimits:
         total_fields=es.total_fields_limit,
         depth=es.depth_limit,
         nested_objects=es.nested_objects_limit,
-        field_name_bytes=es.field_name_max_bytes,
+        field_name_chars=es.field_name_max_chars,
         declared=declared,
         dynamic=dynamic is True or str(dynamic).lower() in ("true", "runtime"),
         nested_paths=frozenset(nested),
@@ -204,15 +220,14 @@ def _join(prefix: str, segments: list[str]) -> str:
 
 
 def _segments(key: str, prefix: str, limits: IndexLimits) -> list[str]:
-    # UTF-8 takes at most 4 bytes a character: most keys need no encoding to be measured.
-    if len(key) * 4 > limits.field_name_bytes and len(key.encode()) > limits.field_name_bytes:
+    if len(key) > limits.field_name_chars:
         where = _join(prefix, [key])[:80]
         raise IndexLimitError(
-            f"key {where!r}... is {len(key.encode())} bytes long, over the limit of "
-            f"{limits.field_name_bytes} bytes (OUTBOX_ES_FIELD_NAME_MAX_BYTES)"
+            f"key {where!r}... is {len(key)} characters long, over the limit of "
+            f"{limits.field_name_chars} (OUTBOX_ES_FIELD_NAME_MAX_CHARS)"
         )
     segments = key.split(".") if "." in key else [key]
-    if any(not s.strip() for s in segments):
+    if any(is_blank(s) for s in segments):
         where = _join(prefix, [key])[:80]
         raise IndexLimitError(
             f"key {where!r} is empty or only whitespace (or has an empty part between "

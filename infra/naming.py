@@ -18,7 +18,16 @@ COLLECTION_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 # Collections the services keep beside the documents, in the same database.
 LEASES_COLLECTION = "relay_leases"  # outbox_relay.lease
 REVOKED_TOKENS_COLLECTION = "revoked_tokens"  # auth_grpc.store
-SERVICE_COLLECTIONS = frozenset({LEASES_COLLECTION, REVOKED_TOKENS_COLLECTION})
+LOGIN_FAILURES_COLLECTION = "login_failures"  # auth_grpc.login_throttle
+IDEMPOTENCY_KEYS_COLLECTION = "idempotency_keys"  # api.document_store
+SERVICE_COLLECTIONS = frozenset(
+    {
+        LEASES_COLLECTION,
+        REVOKED_TOKENS_COLLECTION,
+        LOGIN_FAILURES_COLLECTION,
+        IDEMPOTENCY_KEYS_COLLECTION,
+    }
+)
 
 
 def is_collection_name(name: str) -> bool:

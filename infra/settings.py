@@ -30,6 +30,7 @@ from pydantic_settings import (
 from infra import index_limits
 
 DEV_TOKEN_SECRET = "dev-only-token-secret-change-me-0123456789"  # noqa: S105 - refused outside dev
+DEV_CONSISTENCY_KEY = "dev-only-consistency-key-change-me-0123"  # refused when env=prod
 # HS256 keys shorter than the hash output (32 bytes) are brute-forceable offline from one
 # token (RFC 7518 section 3.2 requires at least this much).
 MIN_TOKEN_SECRET_BYTES = 32
@@ -130,7 +131,7 @@ class ElasticSettings(BaseModel):
     total_fields_limit: int = Field(default=index_limits.TOTAL_FIELDS_LIMIT, ge=16)
     depth_limit: int = Field(default=index_limits.DEPTH_LIMIT, ge=2)
     nested_objects_limit: int = Field(default=index_limits.NESTED_OBJECTS_LIMIT, ge=1)
-    field_name_max_bytes: int = Field(default=index_limits.FIELD_NAME_MAX_BYTES, ge=1)
+    field_name_max_chars: int = Field(default=index_limits.FIELD_NAME_MAX_CHARS, ge=1)
 
     def alias_for(self, collection: str) -> str:
         """The alias search and the indexer use; the concrete index behind it can change."""
@@ -145,8 +146,9 @@ class AuthSettings(BaseModel):
     port: int = 50051
     # Only the auth service reads it (`signing_secret`): the API verifies through gRPC.
     token_secret: SecretStr = SecretStr(DEV_TOKEN_SECRET)
-    token_ttl_seconds: int = Field(default=3600, ge=60)
-    verify_cache_seconds: float = Field(default=5.0, ge=0)
+    token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)  # auth_grpc.tokens caps at 24 h
+    # Bounded: a revoked token, a disabled or demoted user stop working within this.
+    verify_cache_seconds: float = Field(default=5.0, ge=0, le=60)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9103
     # Server side (`outbox auth`): TLS when both are set; with `tls_client_ca`, clients
@@ -181,6 +183,14 @@ class AuthSettings(BaseModel):
             )
         return secret
 
+    # gRPC Register without an admin's token creates readers only when this is on.
+    open_signup: bool = False
+    # argon2 hashes at once (64 MiB each); 0: the CPUs this process may use (cgroup aware).
+    max_concurrent_hashes: int = Field(default=0, ge=0)
+    # Failed logins per username that cost nothing; then 1 s, doubling, up to the maximum.
+    login_free_failures: int = Field(default=5, ge=1)
+    login_max_delay_seconds: float = Field(default=300.0, gt=0)
+
 
 class ApiSettings(BaseModel):
     """The REST API."""
@@ -197,6 +207,25 @@ class ApiSettings(BaseModel):
     # Each collection costs a Kafka topic and an Elasticsearch index: a write that would
     # create one more than this is refused (api/collection_limit.py).
     max_collections: int = Field(default=1000, ge=1)
+    # GET document and search without a token; off: a token whose scope covers the collection.
+    public_reads: bool = True
+    # Signs the consistency tokens writes return (`Outbox-Token`); set it in prod, the same on
+    # every API replica. Not the auth service's signing secret, which the API never needs.
+    consistency_key: SecretStr = SecretStr(DEV_CONSISTENCY_KEY)
+    # Proxies whose X-Forwarded-For is believed (JSON list of addresses or CIDR networks).
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Failed logins per client address and minute; past that, 429 until the minute refills.
+    login_failures_per_minute: int = Field(default=10, ge=1)
+    # Searches per client address and second, with bursts of twice that.
+    search_rate_per_second: float = Field(default=20.0, gt=0)
+    # Elasticsearch stops collecting hits after this (server-side `timeout`).
+    search_timeout_ms: int = Field(default=2000, ge=100, le=30000)
+    # `total` is exact up to this many hits; past it `total_relation` is "gte".
+    search_max_total: int = Field(default=10000, ge=1)
+    # A write gives up after this; a commit whose outcome is then unknown is looked up.
+    write_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # How long an Idempotency-Key and the result it stands for are kept.
+    idempotency_ttl_hours: float = Field(default=24.0, gt=0)
 
 
 class RelaySettings(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import signal
 import subprocess
@@ -123,9 +124,18 @@ def _ensure_dev_user(settings: Settings, data_dir: Path) -> tuple[str, str] | No
     if result.returncode != 0:
         log.warning("dev_user_not_created", stderr=result.stderr.strip()[-500:])
         return None
-    path.write_text(f"{DEV_USER}:{password}\n")
-    path.chmod(0o600)
+    write_private_file(path, f"{DEV_USER}:{password}\n")
     return DEV_USER, password
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Create `path` readable by its owner only from the first byte on.
+
+    O_EXCL refuses an existing file and does not follow a symlink planted at `path`.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 async def _watch_servers(stack: EmbeddedStack) -> None:

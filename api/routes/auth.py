@@ -1,4 +1,10 @@
-"""`POST /v1/auth/token`: credentials (JSON or the OAuth2 password form) → bearer token."""
+"""`POST /v1/auth/token`: credentials (JSON or the OAuth2 password form) → bearer token;
+`POST /v1/auth/logout`: revoke the caller's token.
+
+Failed logins are limited twice: per username by the auth service (shared by every API
+replica), and here per client address (`OUTBOX_API_LOGIN_FAILURES_PER_MINUTE`), checked
+before the auth service is asked, so a flood from one address costs no hashing.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,17 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
-from api.deps import AuthClientDep, SettingsDep
-from api.problems import ProblemError
+from api.deps import (
+    AuthClientDep,
+    BearerTokenDep,
+    ClientAddressDep,
+    PrincipalDep,
+    SettingsDep,
+)
+from api.problems import ProblemError, problem_responses
+from api.rate_limit import TokenBuckets, retry_after
 from api.request_body import read_limited_body
-from api.schemas import PROBLEM_RESPONSES, TokenRequest, TokenResponse
+from api.schemas import TokenRequest, TokenResponse
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 
@@ -28,8 +41,13 @@ _TOKEN_BODY: dict[str, Any] = {
                     "required": ["username", "password"],
                     "properties": {
                         "grant_type": {"type": "string", "enum": ["password"]},
-                        "username": {"type": "string"},
-                        "password": {"type": "string", "format": "password"},
+                        "username": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "password": {
+                            "type": "string",
+                            "format": "password",
+                            "minLength": 1,
+                            "maxLength": 1000,
+                        },
                     },
                 }
             },
@@ -73,19 +91,55 @@ def _credentials(raw: bytes, media_type: str) -> TokenRequest:
 
 
 @router.post(
-    "/token", response_model=TokenResponse, responses=PROBLEM_RESPONSES, openapi_extra=_TOKEN_BODY
+    "/token",
+    response_model=TokenResponse,
+    responses=problem_responses(400, 401, 415, 422, 429, 503),
+    openapi_extra=_TOKEN_BODY,
 )
 async def issue_token(
-    request: Request, response: Response, settings: SettingsDep, auth: AuthClientDep
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    auth: AuthClientDep,
+    client: ClientAddressDep,
 ) -> TokenResponse:
-    """Log in: `{"username","password"}` as JSON or an OAuth2 password form."""
+    """Log in: `{"username","password"}` as JSON or an OAuth2 password form.
+
+    429 with Retry-After after too many failed logins from this address or for this
+    username."""
+    failures: TokenBuckets = request.app.state.login_failures
+    wait = failures.wait_s(client)
+    if wait is not None:
+        raise ProblemError(
+            429,
+            "too many failed logins from this address; try again later",
+            type_="login-throttled",
+            headers={"Retry-After": retry_after(wait)},
+        )
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     raw = await read_limited_body(request, settings.api.max_body_bytes)
     credentials = _credentials(raw, media_type)
-    issued = await auth.login(credentials.username, credentials.password)
+    try:
+        issued = await auth.login(credentials.username, credentials.password)
+    except ProblemError as e:
+        if e.status == 401:
+            failures.take(client)
+        raise
     response.headers["Cache-Control"] = "no-store"
     return TokenResponse(
         access_token=issued.access_token,
         token_type=issued.token_type,
         expires_in=issued.expires_in,
     )
+
+
+@router.post(
+    "/logout",
+    status_code=204,
+    responses={204: {"description": "The token is revoked."}, **problem_responses(401, 503)},
+)
+async def logout(token: BearerTokenDep, principal: PrincipalDep, auth: AuthClientDep) -> Response:
+    """Revoke the caller's bearer token until it would have expired anyway (401 if it is
+    not valid, already revoked included)."""
+    await auth.revoke(token)
+    return Response(status_code=204)

@@ -12,7 +12,7 @@ from pymongo.errors import PyMongoError
 
 from api.deps import AuthChannelDep, MongoClientDep
 from api.metrics import CONTENT_TYPE_LATEST, ApiMetrics
-from api.problems import ProblemError, problem_response
+from api.problems import ProblemError, problem_response, problem_responses
 from api.schemas import Readiness
 
 router = APIRouter(tags=["health"])
@@ -21,7 +21,7 @@ CHECK_TIMEOUT_S = 1.0
 HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 
 
-@router.get("/healthz", response_model=Readiness)
+@router.get("/healthz", response_model=Readiness, responses=problem_responses())
 async def healthz() -> Readiness:
     """200 while the process runs."""
     return Readiness(status="ok", checks={})
@@ -52,7 +52,7 @@ async def _auth_ok(channel: grpc.aio.Channel) -> str:
     return "ok"
 
 
-@router.get("/readyz", response_model=Readiness)
+@router.get("/readyz", response_model=Readiness, responses=problem_responses(503))
 async def readyz(
     request: Request, mongo: MongoClientDep, auth_channel: AuthChannelDep
 ) -> Readiness | Response:

@@ -24,31 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19protos/auth/v1/auth.proto\x12\x07\x61uth.v1\"g\n\x0fRegisterRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x1b\n\x04role\x18\x03 \x01(\x0e\x32\r.auth.v1.Role\x12\x13\n\x0b\x61\x64min_token\x18\x04 \x01(\t\"R\n\x10RegisterResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x1b\n\x04role\x18\x03 \x01(\x0e\x32\r.auth.v1.Role\"2\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"M\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\"\x1e\n\rVerifyRequest\x12\r\n\x05token\x18\x01 \x01(\t\"w\n\x0eVerifyResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x1c\n\x05roles\x18\x03 \x03(\x0e\x32\r.auth.v1.Role\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\x12\x10\n\x08token_id\x18\x05 \x01(\t\"\x1e\n\rRevokeRequest\x12\r\n\x05token\x18\x01 \x01(\t\"!\n\x0eRevokeResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08*N\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_READER\x10\x01\x12\x0f\n\x0bROLE_WRITER\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x32\xfc\x01\n\x0b\x41uthService\x12?\n\x08Register\x12\x18.auth.v1.RegisterRequest\x1a\x19.auth.v1.RegisterResponse\x12\x36\n\x05Login\x12\x15.auth.v1.LoginRequest\x1a\x16.auth.v1.LoginResponse\x12\x39\n\x06Verify\x12\x16.auth.v1.VerifyRequest\x1a\x17.auth.v1.VerifyResponse\x12\x39\n\x06Revoke\x12\x16.auth.v1.RevokeRequest\x1a\x17.auth.v1.RevokeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19protos/auth/v1/auth.proto\x12\x07\x61uth.v1\"|\n\x0fRegisterRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x1b\n\x04role\x18\x03 \x01(\x0e\x32\r.auth.v1.Role\x12\x13\n\x0b\x61\x64min_token\x18\x04 \x01(\t\x12\x13\n\x0b\x63ollections\x18\x05 \x03(\t\"R\n\x10RegisterResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x1b\n\x04role\x18\x03 \x01(\x0e\x32\r.auth.v1.Role\"2\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"M\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\"\x1e\n\rVerifyRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x8c\x01\n\x0eVerifyResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x1c\n\x05roles\x18\x03 \x03(\x0e\x32\r.auth.v1.Role\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\x12\x10\n\x08token_id\x18\x05 \x01(\t\x12\x13\n\x0b\x63ollections\x18\x06 \x03(\t\"\x1e\n\rRevokeRequest\x12\r\n\x05token\x18\x01 \x01(\t\"!\n\x0eRevokeResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08*N\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_READER\x10\x01\x12\x0f\n\x0bROLE_WRITER\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x32\xfc\x01\n\x0b\x41uthService\x12?\n\x08Register\x12\x18.auth.v1.RegisterRequest\x1a\x19.auth.v1.RegisterResponse\x12\x36\n\x05Login\x12\x15.auth.v1.LoginRequest\x1a\x16.auth.v1.LoginResponse\x12\x39\n\x06Verify\x12\x16.auth.v1.VerifyRequest\x1a\x17.auth.v1.VerifyResponse\x12\x39\n\x06Revoke\x12\x16.auth.v1.RevokeRequest\x1a\x17.auth.v1.RevokeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.auth.v1.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=578
-  _globals['_ROLE']._serialized_end=656
+  _globals['_ROLE']._serialized_start=621
+  _globals['_ROLE']._serialized_end=699
   _globals['_REGISTERREQUEST']._serialized_start=38
-  _globals['_REGISTERREQUEST']._serialized_end=141
-  _globals['_REGISTERRESPONSE']._serialized_start=143
-  _globals['_REGISTERRESPONSE']._serialized_end=225
-  _globals['_LOGINREQUEST']._serialized_start=227
-  _globals['_LOGINREQUEST']._serialized_end=277
-  _globals['_LOGINRESPONSE']._serialized_start=279
-  _globals['_LOGINRESPONSE']._serialized_end=356
-  _globals['_VERIFYREQUEST']._serialized_start=358
-  _globals['_VERIFYREQUEST']._serialized_end=388
-  _globals['_VERIFYRESPONSE']._serialized_start=390
-  _globals['_VERIFYRESPONSE']._serialized_end=509
-  _globals['_REVOKEREQUEST']._serialized_start=511
-  _globals['_REVOKEREQUEST']._serialized_end=541
-  _globals['_REVOKERESPONSE']._serialized_start=543
-  _globals['_REVOKERESPONSE']._serialized_end=576
-  _globals['_AUTHSERVICE']._serialized_start=659
-  _globals['_AUTHSERVICE']._serialized_end=911
+  _globals['_REGISTERREQUEST']._serialized_end=162
+  _globals['_REGISTERRESPONSE']._serialized_start=164
+  _globals['_REGISTERRESPONSE']._serialized_end=246
+  _globals['_LOGINREQUEST']._serialized_start=248
+  _globals['_LOGINREQUEST']._serialized_end=298
+  _globals['_LOGINRESPONSE']._serialized_start=300
+  _globals['_LOGINRESPONSE']._serialized_end=377
+  _globals['_VERIFYREQUEST']._serialized_start=379
+  _globals['_VERIFYREQUEST']._serialized_end=409
+  _globals['_VERIFYRESPONSE']._serialized_start=412
+  _globals['_VERIFYRESPONSE']._serialized_end=552
+  _globals['_REVOKEREQUEST']._serialized_start=554
+  _globals['_REVOKEREQUEST']._serialized_end=584
+  _globals['_REVOKERESPONSE']._serialized_start=586
+  _globals['_REVOKERESPONSE']._serialized_end=619
+  _globals['_AUTHSERVICE']._serialized_start=702
+  _globals['_AUTHSERVICE']._serialized_end=954
 # @@protoc_insertion_point(module_scope)

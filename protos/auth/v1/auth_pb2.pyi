@@ -54,11 +54,17 @@ class RegisterRequest(_message.Message):
     PASSWORD_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     ADMIN_TOKEN_FIELD_NUMBER: _builtins.int
+    COLLECTIONS_FIELD_NUMBER: _builtins.int
     username: _builtins.str
     password: _builtins.str
     role: Global___Role.ValueType
-    """unspecified means reader; only an admin token may ask for more"""
+    """unspecified means reader"""
     admin_token: _builtins.str
+    """An admin's token: always required, unless open sign-up is on and a reader is asked for."""
+    @_builtins.property
+    def collections(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """scope the role to these collections; empty: all"""
+
     def __init__(
         self,
         *,
@@ -66,10 +72,11 @@ class RegisterRequest(_message.Message):
         password: _builtins.str = ...,
         role: Global___Role.ValueType = ...,
         admin_token: _builtins.str = ...,
+        collections: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_token", b"admin_token", "password", b"password", "role", b"role", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_token", b"admin_token", "collections", b"collections", "password", b"password", "role", b"role", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -177,6 +184,7 @@ class VerifyResponse(_message.Message):
     ROLES_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     TOKEN_ID_FIELD_NUMBER: _builtins.int
+    COLLECTIONS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     username: _builtins.str
     expires_at: _builtins.int
@@ -184,6 +192,10 @@ class VerifyResponse(_message.Message):
     token_id: _builtins.str
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___Role.ValueType]: ...
+    @_builtins.property
+    def collections(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the roles apply to these collections only; empty: all"""
+
     def __init__(
         self,
         *,
@@ -192,10 +204,11 @@ class VerifyResponse(_message.Message):
         roles: _abc.Iterable[Global___Role.ValueType] | None = ...,
         expires_at: _builtins.int = ...,
         token_id: _builtins.str = ...,
+        collections: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "roles", b"roles", "token_id", b"token_id", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collections", b"collections", "expires_at", b"expires_at", "roles", b"roles", "token_id", b"token_id", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

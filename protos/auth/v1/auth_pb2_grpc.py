@@ -67,14 +67,15 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Login(self, request, context):
-        """Exchange credentials for a token. Errors: UNAUTHENTICATED.
+        """Exchange credentials for a token. Errors: UNAUTHENTICATED; RESOURCE_EXHAUSTED when the
+        username failed too often recently (trailing metadata `retry-after`: seconds to wait).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Verify(self, request, context):
-        """Check a token. Errors: UNAUTHENTICATED (bad, expired or revoked).
+        """Check a token. Errors: UNAUTHENTICATED (bad, expired or revoked, or a disabled user).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

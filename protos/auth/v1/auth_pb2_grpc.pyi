@@ -36,9 +36,11 @@ class AuthServiceStub:
     Register: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegisterRequest, _auth_pb2.RegisterResponse]
     """Create a user. Errors: ALREADY_EXISTS, INVALID_ARGUMENT, PERMISSION_DENIED."""
     Login: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]
-    """Exchange credentials for a token. Errors: UNAUTHENTICATED."""
+    """Exchange credentials for a token. Errors: UNAUTHENTICATED; RESOURCE_EXHAUSTED when the
+    username failed too often recently (trailing metadata `retry-after`: seconds to wait).
+    """
     Verify: _grpc.UnaryUnaryMultiCallable[_auth_pb2.VerifyRequest, _auth_pb2.VerifyResponse]
-    """Check a token. Errors: UNAUTHENTICATED (bad, expired or revoked)."""
+    """Check a token. Errors: UNAUTHENTICATED (bad, expired or revoked, or a disabled user)."""
     Revoke: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RevokeRequest, _auth_pb2.RevokeResponse]
     """Revoke a token until it expires. Errors: UNAUTHENTICATED."""
 
@@ -48,9 +50,11 @@ class AuthServiceAsyncStub(AuthServiceStub):
     Register: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegisterRequest, _auth_pb2.RegisterResponse]  # type: ignore[assignment]
     """Create a user. Errors: ALREADY_EXISTS, INVALID_ARGUMENT, PERMISSION_DENIED."""
     Login: _aio.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]  # type: ignore[assignment]
-    """Exchange credentials for a token. Errors: UNAUTHENTICATED."""
+    """Exchange credentials for a token. Errors: UNAUTHENTICATED; RESOURCE_EXHAUSTED when the
+    username failed too often recently (trailing metadata `retry-after`: seconds to wait).
+    """
     Verify: _aio.UnaryUnaryMultiCallable[_auth_pb2.VerifyRequest, _auth_pb2.VerifyResponse]  # type: ignore[assignment]
-    """Check a token. Errors: UNAUTHENTICATED (bad, expired or revoked)."""
+    """Check a token. Errors: UNAUTHENTICATED (bad, expired or revoked, or a disabled user)."""
     Revoke: _aio.UnaryUnaryMultiCallable[_auth_pb2.RevokeRequest, _auth_pb2.RevokeResponse]  # type: ignore[assignment]
     """Revoke a token until it expires. Errors: UNAUTHENTICATED."""
 
@@ -69,7 +73,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.LoginRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.LoginResponse, _abc.Awaitable[_auth_pb2.LoginResponse]]:
-        """Exchange credentials for a token. Errors: UNAUTHENTICATED."""
+        """Exchange credentials for a token. Errors: UNAUTHENTICATED; RESOURCE_EXHAUSTED when the
+        username failed too often recently (trailing metadata `retry-after`: seconds to wait).
+        """
 
     @_abc_1.abstractmethod
     def Verify(
@@ -77,7 +83,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.VerifyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.VerifyResponse, _abc.Awaitable[_auth_pb2.VerifyResponse]]:
-        """Check a token. Errors: UNAUTHENTICATED (bad, expired or revoked)."""
+        """Check a token. Errors: UNAUTHENTICATED (bad, expired or revoked, or a disabled user)."""
 
     @_abc_1.abstractmethod
     def Revoke(

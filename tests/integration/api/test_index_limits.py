@@ -30,7 +30,7 @@ AT_THE_LIMIT = {
     "strings": {**{f"s{i}": "x" for i in range(496)}, "n": 1},
     "depth": nest(19),
     "key": {"k" * 256: 1},
-    "key-multibyte": {"é" * 128: 1},
+    "key-multibyte": {"é" * 256: 1},
 }
 OVER_THE_LIMIT = {
     "fields": ({f"f{i}": i for i in range(994)}, "1000"),
@@ -39,7 +39,7 @@ OVER_THE_LIMIT = {
     "array-of-objects": ({"o": [{f"f{i}": i} for i in range(994)]}, "1000"),
     "depth": (nest(20), "depth"),
     "key": ({"k" * 257: 1}, "256"),
-    "key-multibyte": ({"é" * 129: 1}, "256"),
+    "key-multibyte": ({"é" * 257: 1}, "256"),
     "empty-key": ({"": 1}, "empty"),
     "blank-key": ({" \t": 1}, "empty"),
     "nested-empty-key": ({"a": [{"": 1}]}, "empty"),

@@ -12,18 +12,18 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from auth_grpc.accounts import BAD_CREDENTIALS, roles_for
+from auth_grpc.login_throttle import username_digest
 from auth_grpc.passwords import PasswordHasher
-from auth_grpc.server import serve
+from auth_grpc.server import serve, start_server
 from auth_grpc.store import REVOKED_TOKENS_COLLECTION
 from auth_grpc.tokens import issue_token
 from infra.devstack import free_port
 from infra.settings import Settings
-from protos.auth.v1 import auth_pb2
-from tests.fixtures.auth import FAST_ARGON2, AuthHandle
+from protos.auth.v1 import auth_pb2, auth_pb2_grpc
+from tests.fixtures.auth import FAST_ARGON2, AuthHandle, fast_hasher
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +37,9 @@ async def _status_of(call: object) -> grpc.StatusCode:
 async def _register(
     auth: AuthHandle, username: str, password: str = "password1", **kwargs: object
 ) -> auth_pb2.RegisterResponse:
+    """Register through gRPC; with an admin's token unless the test passes its own."""
+    if "admin_token" not in kwargs:
+        kwargs["admin_token"] = await auth.admin_token()
     return await auth.stub.Register(
         auth_pb2.RegisterRequest(username=username, password=password, **kwargs)  # type: ignore[arg-type]
     )
@@ -277,6 +280,7 @@ async def test_reflection_lists_the_auth_service(auth_service: AuthHandle) -> No
 async def test_each_call_logs_one_line_without_passwords_or_tokens(
     auth_service: AuthHandle,
 ) -> None:
+    await auth_service.admin_token()
     with capture_logs() as logs:
         await _register(auth_service, "alice", "secret-password-1")
         login = await auth_service.stub.Login(
@@ -341,12 +345,95 @@ def _on_port(settings: Settings, port: int, metrics_port: int | None = None) -> 
 
 
 async def test_calls_are_counted_by_method_and_status_code(auth_service: AuthHandle) -> None:
+    """In the server's own registry, not the process-wide default one."""
+    registry = auth_service.server.metrics.registry
+
     def count() -> float:
         labels = {"rpc": "Login", "code": "UNAUTHENTICATED"}
-        return REGISTRY.get_sample_value("outbox_auth_requests_total", labels) or 0.0
+        return registry.get_sample_value("outbox_auth_requests_total", labels) or 0.0
 
     before = count()
     await _status_of(
         auth_service.stub.Login(auth_pb2.LoginRequest(username="nobody", password="password1"))
     )
     assert count() == before + 1
+
+
+async def test_anonymous_sign_up_is_refused_by_default(auth_service: AuthHandle) -> None:
+    code = await _status_of(_register(auth_service, "mallory", admin_token=""))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert await auth_service.store.find_by_username("mallory") is None
+
+
+async def test_open_sign_up_creates_readers_only_when_turned_on(settings: Settings) -> None:
+    auth = settings.auth.model_copy(update={"open_signup": True, "port": 0})
+    server = await start_server(settings.model_copy(update={"auth": auth}), hasher=fast_hasher())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = auth_pb2_grpc.AuthServiceStub(channel)
+            created = await stub.Register(
+                auth_pb2.RegisterRequest(username="alice", password="password1")
+            )
+            assert created.role == auth_pb2.ROLE_READER
+            code = await _status_of(
+                stub.Register(
+                    auth_pb2.RegisterRequest(
+                        username="mallory", password="password1", role=auth_pb2.ROLE_WRITER
+                    )
+                )
+            )
+            assert code == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await server.stop(grace=0.5)
+
+
+async def test_verify_returns_the_collections_a_role_is_scoped_to(
+    auth_service: AuthHandle,
+) -> None:
+    await _register(
+        auth_service, "alice", role=auth_pb2.ROLE_WRITER, collections=["books", "authors"]
+    )
+    login = await auth_service.stub.Login(
+        auth_pb2.LoginRequest(username="alice", password="password1")
+    )
+    verified = await auth_service.stub.Verify(auth_pb2.VerifyRequest(token=login.access_token))
+    assert list(verified.collections) == ["books", "authors"]
+
+
+async def test_failed_logins_never_log_the_username_as_typed(auth_service: AuthHandle) -> None:
+    """People type passwords into the username field; refusals log a digest only."""
+    typed = "my-Secret-Passw0rd"
+    with capture_logs() as logs:
+        await _status_of(
+            auth_service.stub.Login(auth_pb2.LoginRequest(username=typed, password="password1"))
+        )
+    assert typed not in repr(logs)
+    refused = [entry for entry in logs if entry["event"] == "login_refused"]
+    assert len(refused) == 1
+    assert refused[0]["username_digest"] == username_digest(typed)
+
+
+async def test_repeated_failed_logins_for_one_username_are_resource_exhausted_with_retry_after(
+    auth_service: AuthHandle,
+) -> None:
+    await _register(auth_service, "alice", "correct horse")
+    free = auth_service.settings.auth.login_free_failures
+    for _ in range(free):
+        code = await _status_of(
+            auth_service.stub.Login(auth_pb2.LoginRequest(username="alice", password="wrong1234"))
+        )
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await auth_service.stub.Login(
+            auth_pb2.LoginRequest(username="alice", password="correct horse")
+        )
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    trailing = dict(info.value.trailing_metadata() or ())
+    assert int(trailing["retry-after"]) >= 1
+    # Another username is not affected.
+    await _register(auth_service, "bob", "correct horse")
+    await auth_service.stub.Login(auth_pb2.LoginRequest(username="bob", password="correct horse"))
+    # The throttle keeps no username as typed.
+    stored = await auth_service.store_db["login_failures"].find_one({})
+    assert stored is not None
+    assert "alice" not in repr(stored)

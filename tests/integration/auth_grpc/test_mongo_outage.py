@@ -12,7 +12,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
+from auth_grpc.accounts import roles_for
 from auth_grpc.server import start_server
+from auth_grpc.store import MongoUserStore
 from infra.devstack import free_port, mongo_server, mongo_uri
 from infra.settings import Settings
 from protos.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -57,7 +59,9 @@ async def test_health_and_calls_follow_mongodb_going_away_and_coming_back(
                 return check
 
             await _eventually(status_is(health_pb2.HealthCheckResponse.SERVING), "SERVING")
-            await auth.Register(auth_pb2.RegisterRequest(username="alice", password="password1"))
+            store = MongoUserStore(server.client, own.mongo)
+            hashed = await fast_hasher().hash("password1")
+            await store.create_user("alice", hashed, roles_for("reader"))
 
             await asyncio.to_thread(mongo.stop)
             await _eventually(status_is(health_pb2.HealthCheckResponse.NOT_SERVING), "outage")

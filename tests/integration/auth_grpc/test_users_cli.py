@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import argon2
+import grpc
 import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner, Result
@@ -119,3 +120,89 @@ async def test_unreachable_mongodb_is_a_clear_error_with_exit_code_1(settings: S
     assert result.exit_code == 1
     assert "unreachable" in result.output
     assert "Traceback" not in result.output
+
+
+async def _token(auth: AuthHandle, username: str, password: str) -> str:
+    login = await auth.stub.Login(auth_pb2.LoginRequest(username=username, password=password))
+    return login.access_token
+
+
+async def _verify_code(auth: AuthHandle, token: str) -> grpc.StatusCode:
+    try:
+        await auth.stub.Verify(auth_pb2.VerifyRequest(token=token))
+    except grpc.aio.AioRpcError as e:
+        return e.code()
+    return grpc.StatusCode.OK
+
+
+async def test_create_with_collections_scopes_the_role(
+    settings: Settings, auth_service: AuthHandle
+) -> None:
+    result = await _outbox(
+        settings, "users", "create", "alice", "--role", "writer",
+        "--collections", "books,authors", "--password-stdin", stdin="password-one\n",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "books, authors" in result.output
+    token = await _token(auth_service, "alice", "password-one")
+    verified = await auth_service.stub.Verify(auth_pb2.VerifyRequest(token=token))
+    assert list(verified.collections) == ["books", "authors"]
+
+
+async def test_create_refuses_an_invalid_collection_in_the_scope(settings: Settings) -> None:
+    result = await _outbox(
+        settings, "users", "create", "alice", "--collections", "books,Bad!",
+        "--password-stdin", stdin="password-one\n",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "collection" in result.output
+
+
+async def test_disable_stops_the_users_tokens_and_logins_and_enable_restores_them(
+    settings: Settings, auth_service: AuthHandle
+) -> None:
+    name = await auth_service.create_user("writer", password="password-one")
+    token = await _token(auth_service, name, "password-one")
+    result = await _outbox(settings, "users", "disable", name)
+    assert result.exit_code == 0, result.output
+    assert await _verify_code(auth_service, token) == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError):
+        await _token(auth_service, name, "password-one")
+    assert (await _outbox(settings, "users", "enable", name)).exit_code == 0
+    assert await _verify_code(auth_service, token) == grpc.StatusCode.OK
+
+
+async def test_delete_removes_the_user_and_their_tokens_stop_verifying(
+    settings: Settings, auth_service: AuthHandle
+) -> None:
+    name = await auth_service.create_user("admin", password="password-one")
+    token = await _token(auth_service, name, "password-one")
+    result = await _outbox(settings, "users", "delete", name)
+    assert result.exit_code == 0, result.output
+    assert await auth_service.store.find_by_username(name) is None
+    assert await _verify_code(auth_service, token) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_set_role_demotes_at_once_and_can_scope_to_collections(
+    settings: Settings, auth_service: AuthHandle
+) -> None:
+    name = await auth_service.create_user("admin", password="password-one")
+    token = await _token(auth_service, name, "password-one")
+    result = await _outbox(
+        settings, "users", "set-role", name, "--role", "writer", "--collections", "books"
+    )
+    assert result.exit_code == 0, result.output
+    verified = await auth_service.stub.Verify(auth_pb2.VerifyRequest(token=token))
+    assert list(verified.roles) == [auth_pb2.ROLE_READER, auth_pb2.ROLE_WRITER]
+    assert list(verified.collections) == ["books"]
+
+
+@pytest.mark.parametrize(
+    "command", [["disable"], ["enable"], ["delete"], ["set-role", "--role", "reader"]]
+)
+async def test_an_unknown_user_is_a_clear_error_with_exit_code_1(
+    settings: Settings, command: list[str]
+) -> None:
+    result = await _outbox(settings, "users", command[0], "nobody-here", *command[1:])
+    assert result.exit_code == 1
+    assert "no user 'nobody-here'" in result.output

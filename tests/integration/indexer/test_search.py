@@ -141,7 +141,13 @@ async def test_search_route_end_to_end(api_client: ApiHandle) -> None:
 
     unknown = await client.get("/v1/collections/unknown/search")
     assert unknown.status_code == 200
-    assert unknown.json() == {"total": 0, "hits": [], "next": None}
+    assert unknown.json() == {
+        "total": 0,
+        "total_relation": "eq",
+        "timed_out": False,
+        "hits": [],
+        "next": None,
+    }
 
     for params, status in [
         ({"size": "101"}, 422),

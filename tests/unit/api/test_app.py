@@ -8,13 +8,14 @@ import grpc
 import httpx
 import pytest
 import structlog
+from pydantic import SecretStr
 from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
 from structlog.testing import capture_logs
 
 from api.main import create_app
 from api.middleware import dependency_outage
 from infra.errors import ServerUnreachableError
-from infra.settings import Settings
+from infra.settings import ApiSettings, AuthSettings, ConfigurationError, Settings
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -157,3 +158,18 @@ async def test_a_dependency_outage_is_a_503_problem(failing_client: httpx.AsyncC
     assert r.headers["content-type"] == "application/problem+json"
     assert r.headers["retry-after"] == "1"
     assert "request_failed" not in [e["event"] for e in logs]
+
+
+def test_production_refuses_the_default_consistency_key() -> None:
+    """Anyone could forge consistency tokens signed with the public dev key."""
+    with pytest.raises(ConfigurationError, match="OUTBOX_API_CONSISTENCY_KEY"):
+        create_app(
+            Settings(env="prod", auth=AuthSettings(token_secret=SecretStr("s" * 40)))  # type: ignore[call-arg]
+        )
+    create_app(
+        Settings(  # type: ignore[call-arg]
+            env="prod",
+            auth=AuthSettings(token_secret=SecretStr("s" * 40)),
+            api=ApiSettings(consistency_key=SecretStr("k" * 32)),
+        )
+    )

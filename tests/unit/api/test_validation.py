@@ -19,7 +19,6 @@ from api.validation import (
     check_collection_name,
     check_document,
     check_document_id,
-    depth_of,
     merge_patch,
     parse_json_object,
     split_body_id,
@@ -34,6 +33,21 @@ json_values = st.recursive(
     max_leaves=12,
 )
 json_objects = st.dictionaries(st.text(max_size=4), json_values, max_size=4)
+
+
+def depth_of(value: Any) -> int:
+    """Nesting depth as `check_document` counts it (scalars are 0, `{}` is 1)."""
+    best = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            best = max(best, depth + 1)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            best = max(best, depth + 1)
+            stack.extend((v, depth + 1) for v in item)
+    return best
 
 
 def nested(depth: int) -> dict[str, Any]:
@@ -235,3 +249,42 @@ def test_merge_patch_never_nests_deeper_than_its_inputs(
     target: dict[str, Any], patch: dict[str, Any]
 ) -> None:
     assert depth_of(merge_patch(target, patch)) <= max(depth_of(target), depth_of(patch))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"n": 18446744073709551616}',
+        b'{"n": -9223372036854775809}',
+        b'{"a": {"b": [1, 2, 123456789012345678901234567890]}}',
+        b'{"n": ' + b"9" * 5000 + b"}",
+    ],
+)
+def test_integers_beyond_64_bits_are_refused_although_orjson_reads_them_as_floats(
+    body: bytes,
+) -> None:
+    with pytest.raises(InvalidInputError, match="64 bits"):
+        parse_json_object(body, max_depth=32)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"n": 9223372036854775807, "m": -9223372036854775808}',
+        b'{"s": "18446744073709551616"}',
+        b'{"k\\"": "x", "s": "\\"18446744073709551616"}',
+        b'{"f": 1.18446744073709551616, "e": 1e19, "g": 18446744073709551616.0}',
+    ],
+)
+def test_long_digit_runs_in_strings_fractions_or_floats_are_fine(body: bytes) -> None:
+    parse_json_object(body, max_depth=32)
+
+
+@given(st.integers() | st.integers(min_value=2**60, max_value=2**70).map(lambda n: -n))
+def test_an_integer_is_accepted_exactly_when_it_fits_in_64_bits(n: int) -> None:
+    raw = json.dumps({"s": str(n), "n": n, "f": n / 3}).encode()
+    if -(2**63) <= n < 2**63:
+        assert parse_json_object(raw, max_depth=64)["n"] == n
+    else:
+        with pytest.raises(InvalidInputError):
+            parse_json_object(raw, max_depth=64)

@@ -196,3 +196,14 @@ def test_the_event_type_tells_whether_the_document_existed(history: list[Command
         payload: Any = plan.document
         assert (payload is None) == (plan.type is EventType.DELETED)
         current = StoredState(plan.version, plan.document)
+
+
+@pytest.mark.parametrize("digits", [20, 4301, 100_000])
+def test_an_if_match_of_any_length_parses_and_matches_nothing(digits: int) -> None:
+    """Python refuses int() of over 4300 digits; that must be a 412, never a 500."""
+    current = StoredState(version=3, document={})
+    for header in ["1" * digits, f'"{"9" * digits}"', f'W/"{"1" * digits}", "3"']:
+        parsed = IfMatch.parse(header)
+        assert parsed is not None
+    assert not IfMatch.parse("1" * digits).matches(current)  # type: ignore[union-attr]
+    assert IfMatch.parse(f'"{"1" * digits}", "3"').matches(current)  # type: ignore[union-attr]

@@ -14,11 +14,13 @@ from auth_grpc.accounts import (
     BAD_CREDENTIALS,
     AccountService,
     InvalidArgumentError,
+    LoginThrottledError,
     PermissionDeniedError,
     Role,
     UnauthenticatedError,
     User,
     UserExistsError,
+    failure_delay_s,
     highest_role,
     roles_for,
     validate_password,
@@ -38,10 +40,23 @@ class InMemoryUserStore:
         self.users: dict[str, User] = {}
         self.revoked: dict[str, datetime] = {}
 
-    async def create_user(self, username: str, password_hash: str, roles: list[Role]) -> User:
+    async def create_user(
+        self,
+        username: str,
+        password_hash: str,
+        roles: list[Role],
+        collections: tuple[str, ...] = (),
+    ) -> User:
         if any(u.username == username for u in self.users.values()):
             raise UserExistsError(username)
-        user = User(str(uuid.uuid4()), username, password_hash, tuple(roles), datetime.now(UTC))
+        user = User(
+            str(uuid.uuid4()),
+            username,
+            password_hash,
+            tuple(roles),
+            datetime.now(UTC),
+            collections=collections,
+        )
         self.users[user.id] = user
         return user
 
@@ -66,9 +81,44 @@ def store() -> InMemoryUserStore:
     return InMemoryUserStore()
 
 
-def _accounts(store: InMemoryUserStore, hasher: PasswordHasher | None = None) -> AccountService:
+class InMemoryThrottle:
+    """A `LoginThrottle` in a dict, with the production delay rule and a settable clock."""
+
+    def __init__(self, free_failures: int = 3, max_delay_s: float = 60.0) -> None:
+        self.failures: dict[str, int] = {}
+        self.next_at: dict[str, float] = {}
+        self.now = 1000.0
+        self.free_failures = free_failures
+        self.max_delay_s = max_delay_s
+
+    async def admit(self, username: str) -> float | None:
+        wait = self.next_at.get(username, 0.0) - self.now
+        return wait if wait > 0 else None
+
+    async def failed(self, username: str) -> None:
+        count = self.failures[username] = self.failures.get(username, 0) + 1
+        delay = failure_delay_s(count, self.free_failures, self.max_delay_s)
+        self.next_at[username] = self.now + delay
+
+    async def succeeded(self, username: str) -> None:
+        self.failures.pop(username, None)
+        self.next_at.pop(username, None)
+
+
+def _accounts(
+    store: InMemoryUserStore,
+    hasher: PasswordHasher | None = None,
+    *,
+    open_signup: bool = True,
+    throttle: InMemoryThrottle | None = None,
+) -> AccountService:
     return AccountService(
-        store, hasher or fast_hasher(), token_secret=SECRET, token_ttl_seconds=900
+        store,
+        hasher or fast_hasher(),
+        token_secret=SECRET,
+        token_ttl_seconds=900,
+        open_signup=open_signup,
+        throttle=throttle,
     )
 
 
@@ -279,3 +329,91 @@ async def test_an_oversized_password_at_login_is_refused_without_hashing(
     with pytest.raises(UnauthenticatedError, match=BAD_CREDENTIALS):
         await accounts.login("alice", "x" * 100_000)
     assert calls == []
+
+
+async def test_sign_up_is_closed_by_default_even_for_readers(store: InMemoryUserStore) -> None:
+    accounts = AccountService(store, fast_hasher(), token_secret=SECRET, token_ttl_seconds=900)
+    with pytest.raises(PermissionDeniedError):
+        await accounts.register("mallory", "password1", "reader")
+    assert store.users == {}
+    admin_token = await _admin_token(accounts, store)
+    reader = await accounts.register("alice", "password1", "reader", admin_token=admin_token)
+    assert reader.roles == ("reader",)
+
+
+async def test_a_disabled_user_can_neither_log_in_nor_use_an_earlier_token(
+    store: InMemoryUserStore,
+) -> None:
+    accounts = _accounts(store)
+    user = await accounts.register("alice", "password1", "reader")
+    _, issued = await accounts.login("alice", "password1")
+    store.users[user.id] = replace(store.users[user.id], disabled=True)
+    with pytest.raises(UnauthenticatedError, match=BAD_CREDENTIALS):
+        await accounts.login("alice", "password1")
+    with pytest.raises(UnauthenticatedError, match="disabled"):
+        await accounts.verify(issued.access_token)
+
+
+async def test_verify_returns_the_collections_a_user_is_scoped_to(
+    store: InMemoryUserStore,
+) -> None:
+    accounts = _accounts(store)
+    admin_token = await _admin_token(accounts, store)
+    await accounts.register(
+        "alice", "password1", "writer", admin_token=admin_token, collections=("books", "authors")
+    )
+    _, issued = await accounts.login("alice", "password1")
+    verified = await accounts.verify(issued.access_token)
+    assert verified.collections == ("books", "authors")
+
+
+async def test_a_scope_naming_an_invalid_collection_is_refused(store: InMemoryUserStore) -> None:
+    accounts = _accounts(store)
+    admin_token = await _admin_token(accounts, store)
+    with pytest.raises(InvalidArgumentError, match="collection"):
+        await accounts.register(
+            "alice", "password1", "writer", admin_token=admin_token, collections=("Bad!",)
+        )
+
+
+def test_failures_are_free_up_to_the_threshold_then_the_delay_doubles_up_to_a_cap() -> None:
+    delays = [failure_delay_s(n, free_failures=3, max_delay_s=60) for n in range(1, 12)]
+    assert delays == [0, 0, 1, 2, 4, 8, 16, 32, 60, 60, 60]
+
+
+async def test_repeated_failed_logins_for_one_username_are_throttled_without_hashing(
+    store: InMemoryUserStore,
+) -> None:
+    calls: list[str] = []
+
+    class CountingHasher(PasswordHasher):
+        async def verify(self, password_hash: str, password: str) -> bool:
+            calls.append(password_hash)
+            return await super().verify(password_hash, password)
+
+    throttle = InMemoryThrottle(free_failures=3)
+    accounts = _accounts(store, CountingHasher.from_parameters(FAST_ARGON2), throttle=throttle)
+    await accounts.register("alice", "password1", "reader")
+    for _ in range(3):
+        with pytest.raises(UnauthenticatedError):
+            await accounts.login("alice", "wrong-password")
+    hashed = len(calls)
+    with pytest.raises(LoginThrottledError) as throttled:
+        await accounts.login("alice", "password1")  # even the right password waits
+    assert throttled.value.retry_after_s == pytest.approx(1.0)
+    assert len(calls) == hashed, "a throttled attempt must not cost a hash"
+    throttle.now += 1.5
+    _, issued = await accounts.login("alice", "password1")
+    assert issued.access_token
+    assert "alice" not in throttle.failures, "a success clears the failures"
+
+
+async def test_unknown_usernames_are_throttled_like_existing_ones(
+    store: InMemoryUserStore,
+) -> None:
+    throttle = InMemoryThrottle(free_failures=1)
+    accounts = _accounts(store, throttle=throttle)
+    with pytest.raises(UnauthenticatedError):
+        await accounts.login("nobody", "password1")
+    with pytest.raises(LoginThrottledError):
+        await accounts.login("nobody", "password1")

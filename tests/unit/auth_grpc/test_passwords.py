@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
+from pathlib import Path
 
 import argon2
 import pytest
 
-from auth_grpc.passwords import PasswordHasher
+from auth_grpc.passwords import PasswordHasher, available_cpus
 from tests.fixtures.auth import FAST_ARGON2, fast_hasher
 
 
@@ -64,3 +66,31 @@ async def test_hashing_runs_off_the_event_loop_thread() -> None:
 @pytest.mark.parametrize("password", ["short", "a much longer password ✓"])
 async def test_a_dummy_verify_never_raises(password: str) -> None:
     await fast_hasher().verify_dummy(password)
+
+
+def test_hashing_concurrency_follows_the_cpus_this_process_may_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A container on a 512-core host must not run 512 hashes of 64 MiB at once."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 512)
+    allowed = len(os.sched_getaffinity(0))
+    assert PasswordHasher().max_concurrent <= allowed
+    assert PasswordHasher(max_concurrent=3).max_concurrent == 3
+
+
+def test_a_cgroup_cpu_quota_caps_the_cpus(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs
+    assert available_cpus(affinity=8, cgroup_root=tmp_path) == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")  # no quota
+    assert available_cpus(affinity=8, cgroup_root=tmp_path) == 8
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU still gets one slot
+    assert available_cpus(affinity=8, cgroup_root=tmp_path) == 1
+
+
+def test_a_cgroup_v1_quota_caps_the_cpus(tmp_path: Path) -> None:
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert available_cpus(affinity=16, cgroup_root=tmp_path) == 2
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert available_cpus(affinity=16, cgroup_root=tmp_path) == 16

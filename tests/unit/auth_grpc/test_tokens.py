@@ -11,7 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from auth_grpc.tokens import TokenError, TokenExpiredError, decode_token, issue_token
+from auth_grpc.tokens import (
+    AUDIENCE,
+    ISSUER,
+    MAX_TTL_SECONDS,
+    TokenError,
+    TokenExpiredError,
+    decode_token,
+    issue_token,
+)
 
 SECRET = "unit-test-secret-0123456789abcdef0123456789"
 OTHER_SECRET = "another-secret-0123456789abcdef0123456789ab"
@@ -55,9 +63,11 @@ def test_every_token_gets_its_own_id() -> None:
     assert len(ids) == 50
 
 
-def test_the_payload_carries_sub_name_roles_iat_exp_jti() -> None:
-    payload = jwt.decode(_issue(), SECRET, algorithms=["HS256"])
-    assert set(payload) == {"sub", "name", "roles", "iat", "exp", "jti"}
+def test_the_payload_carries_sub_name_roles_iat_exp_jti_iss_aud() -> None:
+    payload = jwt.decode(_issue(), SECRET, algorithms=["HS256"], audience=AUDIENCE)
+    assert set(payload) == {"sub", "name", "roles", "iat", "exp", "jti", "iss", "aud"}
+    assert payload["iss"] == ISSUER
+    assert payload["aud"] == AUDIENCE
     assert payload["sub"] == "user-1"
     assert payload["name"] == "alice"
     assert payload["roles"] == ["reader", "writer"]
@@ -125,7 +135,16 @@ def test_a_validly_signed_token_missing_a_claim_is_refused() -> None:
 def test_a_validly_signed_token_with_wrongly_typed_claims_is_refused() -> None:
     now = int(time.time())
     token = jwt.encode(
-        {"sub": "u", "name": "a", "roles": "admin", "iat": now, "exp": now + 60, "jti": "x"},
+        {
+            "sub": "u",
+            "name": "a",
+            "roles": "admin",
+            "iat": now,
+            "exp": now + 60,
+            "jti": "x",
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+        },
         SECRET,
     )
     with pytest.raises(TokenError, match="claim types"):
@@ -151,3 +170,51 @@ def test_flipping_any_bit_of_a_token_makes_it_invalid(position: int, mask: int) 
     # base64url padding bits can change without changing the decoded bytes: then the
     # token is the same token, never a different identity.
     assert claims == decode_token(token, secret=SECRET)
+
+
+def _signed(**overrides: object) -> str:
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "sub": "user-1",
+        "name": "alice",
+        "roles": ["reader"],
+        "iat": now,
+        "exp": now + 600,
+        "jti": "x",
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+    }
+    claims.update(overrides)
+    return jwt.encode({k: v for k, v in claims.items() if v is not None}, SECRET)
+
+
+def test_a_correctly_signed_token_passes_when_it_names_our_issuer_and_audience() -> None:
+    assert decode_token(_signed(), secret=SECRET).user_id == "user-1"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({"iss": None}, id="no-iss"),
+        pytest.param({"aud": None}, id="no-aud"),
+        pytest.param({"iss": "someone-else"}, id="foreign-iss"),
+        pytest.param({"aud": "another-service"}, id="foreign-aud"),
+    ],
+)
+def test_a_token_signed_with_our_secret_for_another_issuer_or_audience_is_refused(
+    overrides: dict[str, object],
+) -> None:
+    """Another system sharing the HS256 secret cannot mint tokens we accept."""
+    with pytest.raises(TokenError):
+        decode_token(_signed(**overrides), secret=SECRET)
+
+
+def test_a_token_living_longer_than_the_maximum_lifetime_is_refused() -> None:
+    now = int(time.time())
+    with pytest.raises(TokenError, match="lifetime"):
+        decode_token(_signed(iat=now, exp=now + MAX_TTL_SECONDS + 1), secret=SECRET)
+
+
+def test_no_token_is_issued_for_longer_than_the_maximum_lifetime() -> None:
+    with pytest.raises(ValueError, match="lifetime"):
+        _issue(ttl_seconds=MAX_TTL_SECONDS + 1)

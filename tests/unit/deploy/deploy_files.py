@@ -36,7 +36,12 @@ K8S_DIR = ROOT / "deploy" / "k8s"
 # them as secret files, Kubernetes as keys of the Secret outbox-secrets).
 CREDENTIALS = {
     "auth": {"OUTBOX_AUTH_TOKEN_SECRET", "OUTBOX_MONGO_URI"},
-    "api": {"OUTBOX_MONGO_URI", "OUTBOX_KAFKA_SASL_PASSWORD", "OUTBOX_ES_PASSWORD"},
+    "api": {
+        "OUTBOX_MONGO_URI",
+        "OUTBOX_KAFKA_SASL_PASSWORD",
+        "OUTBOX_ES_PASSWORD",
+        "OUTBOX_API_CONSISTENCY_KEY",
+    },
     "relay": {"OUTBOX_MONGO_URI", "OUTBOX_KAFKA_SASL_PASSWORD"},
     "indexer": {"OUTBOX_KAFKA_SASL_PASSWORD", "OUTBOX_ES_PASSWORD"},
 }

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from api.auth_client import auth_channel
 from api.main import create_app, tls_files
@@ -137,7 +138,8 @@ async def app_client(
     """The app without its lifespan, per (OUTBOX_ENV, OUTBOX_API_DOCS); and whether docs
     should be served."""
     env, docs = request.param
-    settings = Settings(_env_file=None, env=env, api=ApiSettings(docs=docs))  # type: ignore[call-arg]
+    api = ApiSettings(docs=docs, consistency_key=SecretStr("k" * 32))
+    settings = Settings(_env_file=None, env=env, api=api)  # type: ignore[call-arg]
     transport = httpx.ASGITransport(app=create_app(settings))
     async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
         yield (docs if docs is not None else env != "prod"), client
