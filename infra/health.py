@@ -8,7 +8,8 @@ server on their metrics port answering three GETs:
   is down or the stage is *stalled*: work is waiting and nothing moved for longer than the
   stall threshold. The silent stall is the failure operators miss most, so readiness tracks
   progress, not only sockets.
-- `/metrics`: the Prometheus text format of the default registry.
+- `/metrics`: the Prometheus text format of the service's registry (default: the
+  process-wide one).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 import orjson
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 log = structlog.get_logger(__name__)
 
@@ -63,10 +64,18 @@ Readiness = Callable[[], Awaitable[tuple[bool, str]]]
 class HealthServer:
     """`/healthz`, `/readyz`, `/metrics` on one port; runs inside the service's event loop."""
 
-    def __init__(self, host: str, port: int, readiness: Readiness) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        readiness: Readiness,
+        *,
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
         self._host = host
         self._port = port
         self._readiness = readiness
+        self._registry = registry  # the service's own (the relay's), else the default
         self._server: asyncio.Server | None = None
 
     @property
@@ -112,5 +121,5 @@ class HealthServer:
             body = orjson.dumps({"status": "ok" if ready else "unavailable", "detail": detail})
             return ("200 OK" if ready else "503 Service Unavailable"), "application/json", body
         if path == "/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, generate_latest()
+            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self._registry)
         return "404 Not Found", "application/json", b'{"status":"not found"}'

@@ -58,31 +58,50 @@ OUTBOX_TTL_INDEX = "outbox_ttl"
 OUTBOX_DOCUMENT_INDEX = "outbox_document_version"
 
 
-async def ensure_outbox_indexes(client: MongoClient, settings: MongoSettings) -> None:
-    """The outbox's indexes, made by whichever service starts first; idempotent.
+async def _outbox_indexes(
+    client: MongoClient, settings: MongoSettings
+) -> dict[tuple[Any, ...], Any]:
+    outbox = client[settings.database][settings.outbox_collection]
+    return {tuple(spec["key"].items()): spec async for spec in await outbox.list_indexes()}
 
-    TTL on `time` (retention, `OUTBOX_MONGO_OUTBOX_TTL_DAYS`, changed in place when the
-    setting changes) and `(collection, document_id, version)` for replays and reconcile.
+
+async def ensure_outbox_indexes(client: MongoClient, settings: MongoSettings) -> None:
+    """The outbox index every writer needs, made by whichever service starts first.
+
+    `(collection, document_id, version)`: replays, reconcile and the relay's recovery.
+    Retention (the TTL index on `time`) is the relay's alone: see `outbox_ttl_seconds` and
+    `set_outbox_ttl`, which the relay calls only when no unpublished record is at risk.
     It looks before it creates: creating an index that already exists is a no-op on
     MongoDB, but SecantusDB blocks it behind any open transaction on the collection.
     """
-    outbox = client[settings.database][settings.outbox_collection]
-    ttl_seconds = int(settings.outbox_ttl_days * 86400)
-    existing = {tuple(spec["key"].items()): spec async for spec in await outbox.list_indexes()}
-    ttl = existing.get((("time", 1),))
-    if ttl is None:
-        await outbox.create_index(
-            [("time", ASCENDING)], name=OUTBOX_TTL_INDEX, expireAfterSeconds=ttl_seconds
-        )
-    elif ttl.get("expireAfterSeconds") != ttl_seconds:
-        await client[settings.database].command(
-            {
-                "collMod": settings.outbox_collection,
-                "index": {"keyPattern": {"time": 1}, "expireAfterSeconds": ttl_seconds},
-            }
-        )
     document_keys = (("collection", 1), ("document_id", 1), ("version", 1))
-    if document_keys not in existing:
+    if document_keys not in await _outbox_indexes(client, settings):
+        outbox = client[settings.database][settings.outbox_collection]
         await outbox.create_index(
             [(key, ASCENDING) for key, _ in document_keys], name=OUTBOX_DOCUMENT_INDEX
         )
+
+
+async def outbox_ttl_seconds(client: MongoClient, settings: MongoSettings) -> int | None:
+    """The outbox's current retention in seconds; None while it has no TTL index."""
+    ttl = (await _outbox_indexes(client, settings)).get((("time", 1),))
+    if ttl is None:
+        return None
+    seconds = ttl.get("expireAfterSeconds")
+    return None if seconds is None else int(seconds)
+
+
+async def set_outbox_ttl(client: MongoClient, settings: MongoSettings, seconds: int) -> None:
+    """Create the TTL index on `time` with `seconds`, or change it in place."""
+    outbox = client[settings.database][settings.outbox_collection]
+    if (("time", 1),) not in await _outbox_indexes(client, settings):
+        await outbox.create_index(
+            [("time", ASCENDING)], name=OUTBOX_TTL_INDEX, expireAfterSeconds=seconds
+        )
+        return
+    await client[settings.database].command(
+        {
+            "collMod": settings.outbox_collection,
+            "index": {"keyPattern": {"time": 1}, "expireAfterSeconds": seconds},
+        }
+    )
