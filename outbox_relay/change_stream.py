@@ -196,7 +196,7 @@ class StreamTail:
                     self._batches.append(batch)
                     self._events += len(batch.changes)
                 self._ready.set()
-        except PyMongoError as e:
+        except Exception as e:  # noqa: BLE001 - handed to the consumer, which raises it
             self._error = e
             self._ready.set()
 
