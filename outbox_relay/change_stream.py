@@ -156,6 +156,7 @@ class StreamTail:
         self._room = asyncio.Event()
         self._room.set()
         self._error: BaseException | None = None
+        self._deferred_error: BaseException | None = None
         # Operation times of the last two empty getMores (see `heartbeat_position`).
         self._previous_reply: Timestamp | None = None
         self._last_reply: Timestamp | None = None
@@ -196,6 +197,9 @@ class StreamTail:
                     self._batches.append(batch)
                     self._events += len(batch.changes)
                 self._ready.set()
+                if self._deferred_error is not None:
+                    self._error = self._deferred_error  # raised once this batch is consumed
+                    return
         except Exception as e:  # noqa: BLE001 - handed to the consumer, which raises it
             self._error = e
             self._ready.set()
@@ -213,7 +217,13 @@ class StreamTail:
         deadline = 0.0
         last_was_change = False
         while len(batch.changes) < settings.batch_max_events:
-            change = await stream.try_next()
+            try:
+                change = await stream.try_next()
+            except PyMongoError as e:
+                if not batch.changes:
+                    raise
+                self._deferred_error = e  # hand over what was read first
+                break
             now = time.monotonic()
             if change is not None:
                 if not batch.changes:

@@ -175,22 +175,38 @@ async def scan_outbox(
         yield batch
 
 
-async def find_versions(
-    outbox: AsyncCollection[dict[str, Any]], keys: Iterable[VersionKey]
-) -> dict[VersionKey, datetime | None]:
-    """The `time` of the retained records with these (collection, document id, version)."""
-    wanted = [{"collection": c, "document_id": d, "version": v} for c, d, v in keys]
-    if not wanted:
-        return {}
+async def find_missing(
+    outbox: AsyncCollection[dict[str, Any]],
+    missing: Mapping[DocKey, list[tuple[int, int]]],
+    since: datetime | None,
+) -> list[dict[str, Any]]:
+    """The retained records of these version ranges (inclusive) from `since`.
+
+    Through the `(collection, document_id, version)` index, never the `time` index, with
+    majority read concern: every version below one the scan saw is committed already, so
+    this finds each of them that is retained, whatever the scan missed. One query per
+    collection (`$in` of document ids; the ranges are applied here), not one per range.
+    """
+    by_collection: dict[str, dict[str, list[tuple[int, int]]]] = {}
+    for (collection, document_id), ranges in missing.items():
+        by_collection.setdefault(collection, {})[document_id] = ranges
     majority = outbox.with_options(read_concern=ReadConcern("majority"))
-    found: dict[VersionKey, datetime | None] = {}
-    cursor = majority.find(
-        {"$or": wanted}, {"collection": 1, "document_id": 1, "version": 1, "time": 1}
-    )
-    async for raw in cursor:
-        key = (str(raw["collection"]), str(raw["document_id"]), int(raw["version"]))
-        time = raw.get("time")
-        found[key] = time if isinstance(time, datetime) else None
+    found: list[dict[str, Any]] = []
+    for collection, docs in by_collection.items():
+        top = max(hi for ranges in docs.values() for _, hi in ranges)
+        query: dict[str, Any] = {
+            "collection": collection,
+            "document_id": {"$in": sorted(docs)},
+            "version": {"$lte": top},
+        }
+        if since is not None:
+            query["time"] = {"$gte": since}
+        cursor = majority.find(query, hint=[("collection", 1), ("document_id", 1), ("version", 1)])
+        async for raw in cursor:
+            ranges = docs.get(str(raw.get("document_id")), [])
+            version = raw.get("version")
+            if isinstance(version, int) and any(lo <= version <= hi for lo, hi in ranges):
+                found.append(raw)
     return found
 
 
@@ -212,77 +228,62 @@ def record_key(raw: Mapping[str, Any]) -> VersionKey | None:
 
 
 class VersionGate:
-    """Lets a scanned version through only once its predecessor is published.
+    """Publishes a document's versions only after every earlier one not yet in Kafka.
 
     A scan can see v(n+1) of a hot document and miss v(n) when v(n) committed after the
-    scan passed it (its `time` was taken before v(n+1)'s, its commit came later). Then
-    both committed after T0, so the stream delivers both, in order: the gate holds v(n+1)
-    (and every later version of that document in this scan) back for the stream instead
-    of publishing it ahead of v(n).
+    scan passed it (its `time` was taken before v(n+1)'s, its commit came later); it can
+    also miss a record through a faulty index. Publishing v(n+1) then would put it ahead
+    of v(n). So before each scanned version the gate names the versions missing between
+    it and the last one published (`missing`), the relay fetches them by document and
+    version (`find_missing`: all committed, since a later version is), and `fill` puts
+    them in front, in order. The stream later skips them like every scanned record.
 
-    The predecessor counts as published when Kafka holds it or a later version (event or
-    dead letter), when this scan published it, or when it is older than the scan window
-    (the checkpoint covers it) or no longer retained. Only the first of those needs no
-    lookup: `unknown_predecessors` names the rest for one batched query.
+    A version counts as published when Kafka holds it or a later one (event or dead
+    letter) or this scan published it; one older than the window is covered by the
+    checkpoint, so `find_missing` only looks inside the window.
     """
 
     def __init__(self, published_versions: Mapping[DocKey, int]) -> None:
         self._last: dict[DocKey, int] = dict(published_versions)
-        self._held: set[DocKey] = set()
 
-    def unknown_predecessors(self, records: Iterable[Mapping[str, Any]]) -> set[VersionKey]:
-        last: dict[DocKey, int] = {}
-        unknown: set[VersionKey] = set()
+    def missing(self, records: Iterable[Mapping[str, Any]]) -> dict[DocKey, list[tuple[int, int]]]:
+        """Per document, the version ranges (inclusive) absent before these records."""
+        expected: dict[DocKey, int] = {}
+        gaps: dict[DocKey, list[tuple[int, int]]] = {}
         for raw in records:
             key = record_key(raw)
             if key is None:
                 continue
             collection, document_id, version = key
             doc = (collection, document_id)
-            if doc in self._held:
-                continue
-            done = max(last.get(doc, 0), self._last.get(doc, 0))
-            if version > 1 and done < version - 1:
-                unknown.add((collection, document_id, version - 1))
-            last[doc] = version
-        return unknown
+            nxt = expected.get(doc, self._last.get(doc, 0) + 1)
+            if version > nxt:
+                gaps.setdefault(doc, []).append((nxt, version - 1))
+            expected[doc] = max(nxt, version + 1)
+        return gaps
 
-    def admit(
-        self,
-        records: Iterable[Mapping[str, Any]],
-        predecessors: Mapping[VersionKey, datetime | None],
-        scan_since: datetime | None,
-    ) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
-        """(to publish now, held back for the stream), in the scan's order.
-
-        `predecessors` are the lookups of `unknown_predecessors`: a key missing from it is
-        not retained (expired), a key present with a time before `scan_since` is covered
-        by the checkpoint; either way published long ago.
-        """
-        publish: list[Mapping[str, Any]] = []
-        held: list[Mapping[str, Any]] = []
-        for raw in records:
+    def fill(
+        self, records: Iterable[Mapping[str, Any]], found: Iterable[Mapping[str, Any]]
+    ) -> list[Mapping[str, Any]]:
+        """`records` with the `found` missing versions in front of them, in version order."""
+        merged: dict[object, Mapping[str, Any]] = {}
+        for raw in [*records, *found]:
+            merged.setdefault(raw.get("_id"), raw)
+        ordered = sorted(merged.values(), key=_scan_order)
+        for raw in ordered:
             key = record_key(raw)
-            if key is None:
-                publish.append(raw)  # malformed: goes to the DLQ, no order to keep
-                continue
-            collection, document_id, version = key
-            doc = (collection, document_id)
-            if doc not in self._held and version > 1 and self._last.get(doc, 0) < version - 1:
-                previous = (collection, document_id, version - 1)
-                if previous in predecessors:
-                    previous_time = predecessors[previous]
-                    covered = scan_since is not None and (
-                        previous_time is None or previous_time < scan_since
-                    )
-                    if not covered:
-                        self._held.add(doc)
-            if doc in self._held:
-                held.append(raw)
-                continue
-            publish.append(raw)
-            self._last[doc] = max(self._last.get(doc, 0), version)
-        return publish, held
+            if key is not None:
+                doc = (key[0], key[1])
+                self._last[doc] = max(self._last.get(doc, 0), key[2])
+        return ordered
+
+
+def _scan_order(raw: Mapping[str, Any]) -> tuple[int, str, str, int]:
+    """The scan's order; a malformed record (no usable key) goes last, in its own order."""
+    key = record_key(raw)
+    if key is None:
+        return (1, "", "", 0)
+    return (0, key[0], key[1], key[2])
 
 
 # --- after the scan: the stream skips what the scan published --------------------------------

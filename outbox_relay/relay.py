@@ -58,7 +58,7 @@ from outbox_relay.recovery import (
     VersionGate,
     collections_changed,
     duplicate_possible,
-    find_versions,
+    find_missing,
     needs_recovery,
     recovery_parts,
     recovery_window,
@@ -436,14 +436,16 @@ class OutboxRelay:
         published = await read_published(self._settings.kafka, part.scope, window.readback_since)
         skip = set(published.ids)
         gate = VersionGate(published.versions)
-        counts = {"published": 0, "held": 0, "in_kafka": len(published.ids)}
+        counts = {"published": 0, "filled": 0, "in_kafka": len(published.ids)}
         async for raws in scan_outbox(
             self._outbox, window.scan_since, part.scope, self._relay.batch_max_events
         ):
             fresh = [raw for raw in raws if str(raw.get("_id")) not in skip]
-            lookups = await find_versions(self._outbox, gate.unknown_predecessors(fresh))
-            admitted, held = gate.admit(fresh, lookups, window.scan_since)
-            counts["held"] += len(held)
+            missing = gate.missing(fresh)
+            found = await find_missing(self._outbox, missing, window.scan_since)
+            found = [raw for raw in found if str(raw.get("_id")) not in skip]
+            admitted = gate.fill(fresh, found)
+            counts["filled"] += len(found)
             messages = []
             last_time: datetime | None = None
             for raw in admitted:

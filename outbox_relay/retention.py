@@ -71,20 +71,6 @@ class OutboxRetention:
         self.settled = False  # the TTL is the setting: nothing left to do in this process
         self._refused: tuple[int, int | None] | None = None  # (wanted, current) logged
 
-    async def create_on_empty_outbox(self) -> None:
-        """An outbox with no TTL and no record yet gets its TTL at once: nothing to delete.
-
-        The fresh-deployment case, done at start, before writers are busy: SecantusDB
-        blocks index creation behind open transactions on the collection.
-        """
-        if await outbox_ttl_seconds(self._client, self._settings) is not None:
-            return
-        outbox = self._client[self._settings.database][self._settings.outbox_collection]
-        if await outbox.find_one({}, {"_id": 1}) is None:
-            await set_outbox_ttl(self._client, self._settings, self.wanted_s)
-            log.info("outbox_ttl_set", seconds=self.wanted_s, previous_seconds=None)
-            self.settled = True
-
     async def apply(self, oldest_unpublished_age_s: float | None) -> None:
         """Set the TTL if it differs and it is safe; a refusal is logged once per TTL pair."""
         if self.settled:

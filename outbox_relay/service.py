@@ -78,9 +78,6 @@ async def _serve(
                 state.dependency_up("mongodb")
                 try:
                     await ensure_outbox_indexes(client, settings.mongo)
-                    await OutboxRetention(
-                        client, settings.mongo, margin_s=relay_settings.recovery_margin_seconds
-                    ).create_on_empty_outbox()
                 except PyMongoError as e:
                     raise map_mongo_error(e) from e
         leases = client[settings.mongo.database][LEASE_COLLECTION]

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 async def ttl_of(mongo: MongoClient, settings: Settings) -> int | None:
     outbox = mongo[settings.mongo.database][settings.mongo.outbox_collection]
     for spec in [s async for s in await outbox.list_indexes()]:
-        if list(spec["key"].items()) == [("time", 1)]:
+        if list(spec["key"].items()) == [("time", 1)] and "expireAfterSeconds" in spec:
             return int(spec["expireAfterSeconds"])
     return None
 

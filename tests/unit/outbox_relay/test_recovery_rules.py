@@ -138,74 +138,70 @@ def raw(doc: str, version: int) -> dict[str, Any]:
     return {"_id": f"{doc}-v{version}", "collection": "c", "document_id": doc, "version": version}
 
 
-def test_a_version_whose_predecessor_committed_after_the_scan_passed_is_held_for_the_stream() -> (
-    None
-):
+def ids(records: list[Any]) -> list[str]:
+    return [r["_id"] for r in records]
+
+
+def test_a_version_the_scan_missed_is_fetched_and_published_before_the_next() -> None:
     """The O1 race: the scan sees v8 of a hot document but not v7 (its commit came after the
-    scan passed it). Publishing v8 now would put it before v7 in Kafka."""
+    scan passed it). v7 is fetched by document and version and goes first."""
     gate = VersionGate({("c", "x"): 6})
-    scanned = [raw("x", 8), raw("x", 9), raw("y", 1)]
-    assert gate.unknown_predecessors(scanned) == {("c", "x", 7)}
-    since = NOW - MARGIN
-    publish, held = gate.admit(scanned, {("c", "x", 7): NOW}, since)
-    assert [r["_id"] for r in publish] == ["y-v1"]
-    assert [r["_id"] for r in held] == ["x-v8", "x-v9"]
+    scanned = [raw("x", 8), raw("x", 9), raw("y", 1), raw("y", 4)]
+    assert gate.missing(scanned) == {("c", "x"): [(7, 7)], ("c", "y"): [(2, 3)]}
+    ordered = gate.fill(scanned, [raw("x", 7), raw("y", 2), raw("y", 3)])
+    assert ids(ordered) == ["x-v7", "x-v8", "x-v9", "y-v1", "y-v2", "y-v3", "y-v4"]
+    assert gate.missing([raw("x", 10)]) == {}  # the gate remembers what went out
 
 
-def test_a_predecessor_older_than_the_window_or_expired_counts_as_published() -> None:
-    since = NOW - MARGIN
+def test_versions_older_than_the_window_or_expired_are_simply_not_found() -> None:
+    """`find_missing` looks only inside the window: what it does not return is covered by the
+    checkpoint or gone with the TTL, and the scanned version goes out without it."""
     gate = VersionGate({})
-    scanned = [raw("old", 5), raw("gone", 3)]
-    assert gate.unknown_predecessors(scanned) == {("c", "old", 4), ("c", "gone", 2)}
-    publish, held = gate.admit(scanned, {("c", "old", 4): since - timedelta(seconds=1)}, since)
-    assert [r["_id"] for r in publish] == ["old-v5", "gone-v3"]
-    assert held == []
+    assert gate.missing([raw("old", 5)]) == {("c", "old"): [(1, 4)]}
+    assert ids(gate.fill([raw("old", 5)], [])) == ["old-v5"]
 
 
 @st.composite
 def document_histories(draw: st.DrawFn) -> tuple[int, int, int, int, list[bool]]:
-    """(versions n, in Kafka up to k, window from s, committed before T0 up to c, visible)."""
+    """(versions n, in Kafka up to k, window from s, committed before T0 up to c, seen)."""
     n = draw(st.integers(1, 12))
     s = draw(st.integers(1, n))  # versions >= s are inside the scan window
     k = draw(st.integers(s - 1, n))  # everything older than the window is in Kafka
-    c = draw(st.integers(k, n))  # committed before T0: published already or seen by the scan
-    # Versions committed after T0 may or may not be seen by the scan, in any combination.
-    visible = draw(st.lists(st.booleans(), min_size=n, max_size=n))
-    return n, k, s, c, visible
+    c = draw(st.integers(k, n))  # committed before T0: the scan, which starts later, sees them
+    # A version committed after T0 may be missed: committed after the scan passed it.
+    seen = [v <= c or draw(st.booleans()) for v in range(1, n + 1)]
+    return n, k, s, c, seen
 
 
 @given(histories=st.lists(document_histories(), min_size=1, max_size=5))
 def test_kafka_then_scan_then_stream_publish_each_version_once_in_order(
     histories: list[tuple[int, int, int, int, list[bool]]],
 ) -> None:
-    """Whatever the scan sees of versions committed after T0, the versions reach Kafka once
-    each, in order: read back, then admitted by the gate, then delivered by the stream."""
+    """Whatever the scan misses of what committed during it, each version reaches Kafka
+    once, in order: read back, then published by the recovery (scanned or fetched as
+    missing), then by the stream."""
     versions = {f"d{i}": h for i, h in enumerate(histories)}
-    kafka: dict[str, list[int]] = {
-        d: list(range(1, k + 1)) for d, (_, k, *_rest) in versions.items()
-    }
-    gate = VersionGate({("c", d): k for d, (_, k, *_rest) in versions.items() if k})
+    kafka: dict[str, list[int]] = {d: list(range(1, h[1] + 1)) for d, h in versions.items()}
+    gate = VersionGate({("c", d): h[1] for d, h in versions.items() if h[1]})
     scanned = [
         raw(d, v)
-        for d, (n, k, s, c, visible) in versions.items()
-        for v in range(s, n + 1)
-        if v > k and (v <= c or visible[v - 1])
+        for d, (n, k, s, _c, seen) in versions.items()
+        for v in range(max(s, k + 1), n + 1)
+        if seen[v - 1]
     ]
-    since = NOW - MARGIN
-
-    def version_time(d: str, v: int) -> datetime:
-        return since + timedelta(seconds=v - versions[d][2])  # before the window below s
-
-    lookups = {
-        key: version_time(key[1], key[2])
-        for key in gate.unknown_predecessors(scanned)
-        if key[2] >= 1
-    }
-    publish, _held = gate.admit(scanned, lookups, since)
-    skip = {r["_id"] for r in publish}
-    for r in publish:
+    missing = gate.missing(scanned)
+    found = [
+        raw(d, v)
+        for (_, d), ranges in missing.items()
+        for lo, hi in ranges
+        for v in range(lo, hi + 1)
+        if v >= versions[d][2]  # inside the window; every earlier version is committed
+    ]
+    published = gate.fill(scanned, found)
+    skip = set(ids(published))
+    for r in published:
         kafka[r["document_id"]].append(r["version"])
-    for d, (n, _k, _s, c, _visible) in versions.items():
+    for d, (n, _k, _s, c, _seen) in versions.items():
         for v in range(c + 1, n + 1):  # the stream, from T0, in commit order
             if f"{d}-v{v}" not in skip:
                 kafka[d].append(v)
