@@ -13,8 +13,8 @@ one line, `<scenario>: faults PASS|FAIL: lost=N duplicated=N drift=N misordered=
   past its resume point. Every relay restart then recovers from the outbox while writes
   go on, and a recovery outlasts the oplog window.
 - `split-relays`: two relay names over disjoint collections, both SIGKILLed repeatedly;
-  one is also killed inside a commit (its transaction left open on its checkpoint topic)
-  while the other restarts, which must resume at once, not wait for that transaction.
+  one is also killed inside a commit (while a transaction of its is open) as the other
+  restarts, which must commit again at once, not wait for that transaction.
 - `skewed-clocks`: MongoDB's clock (record and cluster times) and the API's clock 2 s
   apart from the relay's, one run each way, with history losses, so that recovery windows
   and Kafka timestamps disagree by the skew.
@@ -33,7 +33,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import IsolationLevel, KafkaException
+from confluent_kafka.admin import OffsetSpec
 from pymongo.errors import PyMongoError
 from rich.console import Console
 
@@ -43,6 +44,7 @@ from bench.pipeline import Pipeline, ServiceProcess
 from faults.clock import skewed_clock_env
 from infra.devstack import free_port
 from infra.errors import PipelineError
+from infra.kafka import admin_client, topic_partitions
 from infra.mongo import mongo_client
 from infra.settings import Settings
 from outbox_relay.kafka_reader import read_checkpoint
@@ -291,20 +293,28 @@ class FaultInjector:
         self.done["kill_relay"] += 1
 
     async def _kill_inside_commit(self) -> None:
-        """Relay A dies inside a commit (its transaction stays open) while B restarts.
+        """Relay A dies inside a commit (its transaction left open) while B restarts.
 
-        SIGKILL A, then hold a transaction open with A's `transactional.id` on A's
-        checkpoint topic, as A's last commit would have left it (the stand-in never times
-        it out); SIGKILL and restart B, which must commit again while that transaction is
-        open; then restart A, whose `init_transactions` aborts it.
+        Waits until one of A's event partitions shows an open transaction (its last
+        stable offset behind its high watermark), SIGKILLs A then, SIGKILLs and restarts
+        B, which must commit again while A's transaction is open (the stand-in never
+        times it out), then restarts A, whose `init_transactions` aborts it.
         """
         victim, other = self._rng.sample(self.relays, 2)
-        self._say(f"SIGKILL {victim} inside a commit, restart {other} meanwhile")
         a, b = self._pipeline.service(victim), self._pipeline.service(other)
+        topics = [
+            self._pipeline.settings.kafka.event_topic(c)
+            for name, collections in self._config.relays
+            if name == victim
+            for c in collections
+        ]
+        caught = await asyncio.to_thread(wait_for_open_transaction, self._pipeline, topics)
         a.kill()
-        settings = relay_settings(self._pipeline.settings, victim, ())
-        producer = await asyncio.to_thread(open_transaction, settings)
-        self.done["kill_inside_commit"] += 1
+        self._say(
+            f"SIGKILL {victim} {'inside a commit' if caught else '(no commit caught)'}, "
+            f"restart {other} meanwhile"
+        )
+        self.done["kill_inside_commit" if caught else f"kill_{a.command}"] += 1
         try:
             b.kill()
             restarted = datetime.now(UTC)
@@ -314,9 +324,7 @@ class FaultInjector:
                 self.stalled += 1
                 self._say(f"[red]{other} did not commit beside {victim}'s open transaction")
         finally:
-            a.start()  # fences the harness's producer and aborts its transaction
-            self.done[f"kill_{a.command}"] += 1
-            await asyncio.to_thread(producer.flush, 5)
+            a.start()  # its init_transactions aborts the transaction it left open
 
     async def _resumed(self, relay: str, since: datetime) -> bool:
         """Whether `relay` committed a checkpoint after `since`, within the deadline."""
@@ -379,23 +387,37 @@ class FaultInjector:
         self.done["history_loss"] += 1
 
 
-def open_transaction(settings: Settings) -> Producer:
-    """A transaction of `settings`' relay name left open on its checkpoint topic."""
-    producer = Producer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap,
-            "transactional.id": f"{settings.kafka.namespace}.relay.{settings.relay.name}",
-        }
-    )
-    producer.init_transactions(30)
-    producer.begin_transaction()
-    producer.produce(
-        settings.kafka.relay_checkpoint_topic(settings.relay.name),
-        key=settings.relay.name.encode(),
-        value=b"{}",
-    )
-    producer.flush(30)
-    return producer
+def wait_for_open_transaction(
+    pipeline: Pipeline, topics: list[str], timeout_s: float = 10.0
+) -> bool:
+    """Block until a partition of `topics` has an open transaction; False at the timeout."""
+    settings = pipeline.settings.kafka
+    admin = admin_client(settings)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            parts = topic_partitions(settings, topics)
+            ends = {
+                level: admin.list_offsets(
+                    {tp: OffsetSpec.latest() for tp in parts},  # type: ignore[no-untyped-call]
+                    isolation_level=level,
+                    request_timeout=5,
+                )
+                for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED)
+            }
+            stable = {
+                tp: f.result().offset for tp, f in ends[IsolationLevel.READ_COMMITTED].items()
+            }
+            high = {
+                tp: f.result().offset for tp, f in ends[IsolationLevel.READ_UNCOMMITTED].items()
+            }
+        except (KafkaException, PipelineError):
+            time.sleep(0.05)
+            continue
+        if any(stable[tp] < high[tp] for tp in stable):
+            return True
+        time.sleep(0.005)
+    return False
 
 
 async def prune_oplog(settings: Settings, every_s: float, stop: asyncio.Event) -> None:
