@@ -161,8 +161,10 @@ def skewed_clocks(offset_s: float, *, short: bool = False) -> FaultConfig:
         relay_kills=3 if short else 6,
         indexer_kills=1 if short else 3,
         second_relay_s=0.0,
+        # No server restarts here (the kills scenario has them): SecantusDB restarted under
+        # libfaketime refuses the resume tokens it minted before, as another namespace's.
         kafka_es_restarts=0,
-        mongo_restarts=0 if short else 1,
+        mongo_restarts=0,
         # Small enough that a 2 s skew is a fifth of it; the transactions here take ms.
         recovery_margin_s=10.0,
     )
