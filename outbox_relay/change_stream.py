@@ -28,16 +28,26 @@ from outbox_relay.scope import CollectionScope
 
 CHANGE_STREAM_HISTORY_LOST = 286
 CHANGE_STREAM_FATAL = 280
+INVALID_RESUME_TOKEN = 260
+UNAUTHORIZED = 13
 
 
 def is_history_lost(e: PyMongoError) -> bool:
-    """The resume point is no longer in the oplog (code 286, or 280 "resume token not found")."""
+    """The stream cannot resume from the checkpoint's token: recover from the outbox.
+
+    Code 286 (history lost), 280 "resume token not found", 260 InvalidResumeToken, or a
+    server refusing the token itself (SecantusDB answers 13 when a post-batch token it
+    minted at a DDL event of the outbox, e.g. the relay's own `collMod`, is handed back).
+    A recovery from the checkpoint's time is correct whatever made the token unusable.
+    """
     if not isinstance(e, OperationFailure):
         return False
-    if e.code == CHANGE_STREAM_HISTORY_LOST:
+    if e.code in (CHANGE_STREAM_HISTORY_LOST, INVALID_RESUME_TOKEN):
         return True
     text = str(e).lower()
-    return e.code == CHANGE_STREAM_FATAL and "resume" in text and "not found" in text
+    if e.code == CHANGE_STREAM_FATAL:
+        return "resume" in text and "not found" in text
+    return e.code == UNAUTHORIZED and "resume token" in text
 
 
 def outbox_pipeline(scope: CollectionScope) -> list[dict[str, Any]]:

@@ -115,4 +115,11 @@ def test_history_loss_is_recognised_by_code_not_by_label() -> None:
         OperationFailure("cannot resume stream; the resume token was not found", code=280)
     )
     assert not is_history_lost(OperationFailure("other fatal", code=280))
+    assert is_history_lost(OperationFailure("resumeAfter an invalidate token", code=260))
+    assert is_history_lost(
+        OperationFailure(
+            "Resume token namespace does not match the change-stream watch scope", code=13
+        )
+    )
+    assert not is_history_lost(OperationFailure("not authorized on outbox", code=13))
     assert not is_history_lost(OperationFailure("interrupted", code=11601))
