@@ -46,8 +46,9 @@ protos: $(STAMP)
 		--python_out=. --mypy_out=. --grpc_python_out=. --mypy_grpc_out=. \
 		protos/auth/v1/auth.proto
 
+# Every fault scenario (kills, history-loss, split-relays, skewed-clocks); one line each.
 faults: $(STAMP)
-	$(BIN)/python -m bench.faults
+	$(BIN)/python -m faults
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -175,11 +175,33 @@ class Pipeline:
     extra: list[ServiceProcess] = field(default_factory=list)
     profile: set[str] = field(default_factory=set)  # services to run under pyinstrument
 
+    # Environment for the MongoDB server process (e.g. a skewed clock); set before starting.
+    mongo_env: dict[str, str] = field(default_factory=dict)
+
     @classmethod
     def create(cls, data_dir: Path, *, oplog_max_entries: int | None = None) -> Pipeline:
         data_dir.mkdir(parents=True, exist_ok=True)
         stack = EmbeddedStack.on_free_ports(data_dir / "stack", oplog_max_entries=oplog_max_entries)
         return cls(data_dir=data_dir, stack=stack, settings=harness_settings(stack))
+
+    def add_service(
+        self,
+        name: str,
+        command: str,
+        *,
+        settings: Settings | None = None,
+        env: dict[str, str] | None = None,
+    ) -> ServiceProcess:
+        """Register a service under its own name: a second relay name, a skewed API clock."""
+        service = ServiceProcess(
+            name=name,
+            command=command,
+            env=os.environ | settings_to_env(settings or self.settings) | (env or {}),
+            log_path=self.data_dir / f"{name}.log",
+        )
+        self.services[name] = service
+        self.rss.watch(service)
+        return service
 
     @property
     def env(self) -> dict[str, str]:
@@ -191,6 +213,11 @@ class Pipeline:
 
     async def start_servers(self) -> None:
         await asyncio.to_thread(self.stack.start)
+        if self.mongo_env:
+            mongo = self.stack.mongo
+            await asyncio.to_thread(mongo.stop)
+            mongo.argv = ["env", *(f"{k}={v}" for k, v in self.mongo_env.items()), *mongo.argv]
+            await asyncio.to_thread(mongo.start)
         self.rss.start()
 
     def service(self, name: str) -> ServiceProcess:

@@ -21,7 +21,7 @@ class KafkaParkingReporter:
         self._producer = Producer(producer_config(settings, **{"linger.ms": 0}))
 
     async def prepare(self) -> None:
-        await ensure_topics(self._settings, {self._topic: compacted()}, partitions=1)
+        await ensure_topics(self._settings, {self._topic: compacted(self._settings)}, partitions=1)
 
     def publish(self, report: ParkedReport) -> None:
         """Write `report` and wait for it (blocking); `RetriableError` if Kafka did not take it."""

@@ -128,12 +128,30 @@ async def ensure_topics(
     await asyncio.to_thread(_ensure_topics_blocking, settings, topics, partitions)
 
 
-def compacted() -> dict[str, str]:
-    return {"cleanup.policy": "compact"}
+def durable(settings: KafkaSettings) -> dict[str, str]:
+    """With replicas, `acks=all` must mean at least two of them, not whatever is in sync."""
+    if settings.replication_factor < 2:
+        return {}
+    return {"min.insync.replicas": str(min(2, settings.replication_factor))}
+
+
+def compacted(settings: KafkaSettings) -> dict[str, str]:
+    """A compacted topic read from the start on every restart, so it stays short.
+
+    Kafka never compacts the active segment: a new segment every hour and compaction as
+    soon as a tenth of the log is superseded keep a read-back to about an hour of records
+    whatever the uptime.
+    """
+    return {
+        "cleanup.policy": "compact",
+        "segment.ms": str(3600 * 1000),
+        "min.cleanable.dirty.ratio": "0.1",
+        **durable(settings),
+    }
 
 
 def event_topic_config(settings: KafkaSettings) -> dict[str, str]:
-    return {"max.message.bytes": str(settings.message_max_bytes + 64 * 1024)}
+    return {"max.message.bytes": str(settings.message_max_bytes + 64 * 1024), **durable(settings)}
 
 
 async def ping(settings: KafkaSettings) -> None:

@@ -44,35 +44,61 @@ def map_mongo_error(e: PyMongoError) -> RetriableError | FatalError:
     return FatalError(str(e))
 
 
-OUTBOX_TTL_INDEX = "outbox_ttl"
+OUTBOX_TTL_INDEX = "outbox_ttl"  # the `time` index when the relay creates it with its TTL
+OUTBOX_TIME_INDEX = "outbox_time"  # the `time` index when a writer creates it first
 OUTBOX_DOCUMENT_INDEX = "outbox_document_version"
 
 
-async def ensure_outbox_indexes(client: MongoClient, settings: MongoSettings) -> None:
-    """The outbox's indexes, made by whichever service starts first; idempotent.
+async def _outbox_indexes(
+    client: MongoClient, settings: MongoSettings
+) -> dict[tuple[Any, ...], Any]:
+    outbox = client[settings.database][settings.outbox_collection]
+    return {tuple(spec["key"].items()): spec async for spec in await outbox.list_indexes()}
 
-    TTL on `time` (retention, `OUTBOX_MONGO_OUTBOX_TTL_DAYS`, changed in place when the
-    setting changes) and `(collection, document_id, version)` for replays and reconcile.
-    It looks before it creates: creating an index that already exists is a no-op on
-    MongoDB, but SecantusDB blocks it behind any open transaction on the collection.
+
+async def ensure_outbox_indexes(client: MongoClient, settings: MongoSettings) -> None:
+    """The outbox indexes every writer needs, made by whichever service starts first.
+
+    `(collection, document_id, version)` for replays, reconcile and recovery, and a plain
+    index on `time` for the relay's time ranges. Both must exist before the first write:
+    SecantusDB's index build misses the records of transactions open while it runs (a
+    time-range scan then never returns them). Retention — turning the `time` index into
+    a TTL index, or changing its TTL — is the relay's alone (`set_outbox_ttl`), done only
+    when no unpublished record is at risk. It looks before it creates: SecantusDB also
+    blocks index creation behind open transactions on the collection.
     """
     outbox = client[settings.database][settings.outbox_collection]
-    ttl_seconds = int(settings.outbox_ttl_days * 86400)
-    existing = {tuple(spec["key"].items()): spec async for spec in await outbox.list_indexes()}
-    ttl = existing.get((("time", 1),))
-    if ttl is None:
-        await outbox.create_index(
-            [("time", ASCENDING)], name=OUTBOX_TTL_INDEX, expireAfterSeconds=ttl_seconds
-        )
-    elif ttl.get("expireAfterSeconds") != ttl_seconds:
-        await client[settings.database].command(
-            {
-                "collMod": settings.outbox_collection,
-                "index": {"keyPattern": {"time": 1}, "expireAfterSeconds": ttl_seconds},
-            }
-        )
+    existing = await _outbox_indexes(client, settings)
     document_keys = (("collection", 1), ("document_id", 1), ("version", 1))
     if document_keys not in existing:
         await outbox.create_index(
             [(key, ASCENDING) for key, _ in document_keys], name=OUTBOX_DOCUMENT_INDEX
         )
+    if (("time", 1),) not in existing:
+        await outbox.create_index([("time", ASCENDING)], name=OUTBOX_TIME_INDEX)
+
+
+async def outbox_ttl_seconds(client: MongoClient, settings: MongoSettings) -> int | None:
+    """The outbox's current retention in seconds; None while records are kept forever."""
+    ttl = (await _outbox_indexes(client, settings)).get((("time", 1),))
+    if ttl is None:
+        return None
+    seconds = ttl.get("expireAfterSeconds")
+    return None if seconds is None else int(seconds)
+
+
+async def set_outbox_ttl(client: MongoClient, settings: MongoSettings, seconds: int) -> None:
+    """Make the `time` index a TTL index of `seconds` (in place), creating it if missing."""
+    outbox = client[settings.database][settings.outbox_collection]
+    if (("time", 1),) not in await _outbox_indexes(client, settings):
+        await outbox.create_index(
+            [("time", ASCENDING)], name=OUTBOX_TTL_INDEX, expireAfterSeconds=seconds
+        )
+        return
+    # Also turns a plain index into a TTL index (MongoDB 5.1 and later).
+    await client[settings.database].command(
+        {
+            "collMod": settings.outbox_collection,
+            "index": {"keyPattern": {"time": 1}, "expireAfterSeconds": seconds},
+        }
+    )

@@ -108,7 +108,12 @@ class KafkaSettings(BaseModel):
 
     @property
     def checkpoint_topic(self) -> str:
+        """The legacy checkpoint topic every relay name shared (read once on upgrade)."""
         return f"{self.namespace}.relay.checkpoints"
+
+    def relay_checkpoint_topic(self, relay: str) -> str:
+        """`<ns>.relay.<name>.checkpoints`: one relay name's own checkpoints, no one else's."""
+        return f"{self.namespace}.relay.{relay}.checkpoints"
 
     @property
     def dlq_topic(self) -> str:
@@ -231,7 +236,8 @@ class ApiSettings(BaseModel):
 class RelaySettings(BaseModel):
     """The outbox relay."""
 
-    name: str = "relay"
+    # Part of a Kafka topic name (`<ns>.relay.<name>.checkpoints`) and transactional.id.
+    name: str = Field(default="relay", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")
     # Empty: every collection. Several relays with different names can split the outbox.
     collections: list[str] = Field(default_factory=list)
     batch_max_events: int = Field(default=500, ge=1)

@@ -2,14 +2,20 @@
 
 Definitions (also in docs/operating.md):
 
-- **backlog**: outbox records (of the relay's collections) whose `time` is later than
-  the relay's position, i.e. committed in MongoDB but not yet in a committed Kafka
-  transaction. The position is the later of the time of the record named by the last
-  *committed* Kafka checkpoint (`last_event_id`) and, in stream mode, the checkpoint's
-  oplog time (second precision; heartbeat checkpoints move it on while the outbox is
-  idle). So it is exact to within about a second plus the clock skew between the API
-  hosts and MongoDB: a record committed in the same second just before the checkpoint
-  may still be counted until the next heartbeat. No checkpoint yet: every retained record.
+- **backlog**: outbox records of the relay's collections whose `time` is later than the
+  relay's position, i.e. committed in MongoDB but not yet in a committed Kafka
+  transaction, **plus the unowned records**. The position
+  (`outbox_relay.checkpoint.checkpoint_position`) comes from the last *committed* Kafka
+  checkpoint: in stream mode the later of the time of the record it names
+  (`last_event_id`) and its oplog time (second precision; heartbeats move it on while the
+  outbox is idle); while recovering, the time its recovery starts from. Record times and
+  oplog times both come from MongoDB's clock, so it is exact to about a second: a record
+  committed in the same second just before the checkpoint may still be counted until the
+  next heartbeat. No checkpoint yet: every retained record.
+- **unowned**: outbox records of collections that no relay's collection list covers
+  (from the relays' registrations in `relay_leases`, `outbox_relay.ownership`): nobody
+  will publish them until a relay's `OUTBOX_RELAY_COLLECTIONS` names them.
+- **oldest unpublished**: the `time` (and age) of the oldest record of the backlog.
 - **relay lag**: newest outbox record time minus the position (0 when there is no
   backlog).
 - **consumer lag**: per event-topic partition, high watermark minus the indexer group's
@@ -19,8 +25,9 @@ Definitions (also in docs/operating.md):
 - **parked collections**: collections an indexer set aside because their index refuses
   writes (`indexer.parking`), from each indexer's latest report (`infra.parked_report`).
 
-Problems (exit 1): no active holder of the relay's lease, a non-empty DLQ, or a parked
-collection (one line each, naming it and why).
+Problems (exit 1): no active holder of the relay's lease, unowned records, two relay names
+publishing one collection, a non-empty DLQ, or a parked collection (one line each, naming
+it and why).
 """
 
 from __future__ import annotations
@@ -51,10 +58,12 @@ from infra.settings import KafkaSettings
 from operator_tools.clients import CONNECT_TIMEOUT_S, OperatorClients
 from operator_tools.dlq_ops import list_entries
 from operator_tools.reconcile import collections_to_check
-from outbox_relay.backlog import backlog_query
-from outbox_relay.checkpoint import CheckpointMode
+from outbox_relay.backlog import backlog_query, oldest_time
+from outbox_relay.checkpoint import checkpoint_position
 from outbox_relay.kafka_reader import read_checkpoint
 from outbox_relay.lease import LEASE_COLLECTION
+from outbox_relay.ownership import Registration, overlaps, read_registrations, unowned
+from outbox_relay.scope import CollectionScope
 
 # Offset gaps up to this size are counted message by message (see `_count_small_gaps`).
 EXACT_LAG_BELOW = 100
@@ -84,6 +93,9 @@ class StatusReport:
 
     relay_name: str
     backlog: int = 0
+    unowned: int = 0
+    unowned_collections: list[str] = field(default_factory=list)
+    oldest_unpublished_time: datetime | None = None
     position_event_id: str | None = None
     position_time: datetime | None = None
     checkpoint_mode: str | None = None
@@ -99,6 +111,12 @@ class StatusReport:
     problems: list[str] = field(default_factory=list)
 
     @property
+    def oldest_unpublished_age_seconds(self) -> float | None:
+        if self.oldest_unpublished_time is None:
+            return None
+        return max(0.0, (datetime.now(UTC) - self.oldest_unpublished_time).total_seconds())
+
+    @property
     def consumer_lag_total(self) -> int:
         return sum(p.lag for p in self.consumer_lag)
 
@@ -109,6 +127,11 @@ class StatusReport:
             "relay": {
                 "name": self.relay_name,
                 "backlog": self.backlog,
+                "unowned": {"records": self.unowned, "collections": self.unowned_collections},
+                "oldest_unpublished": {
+                    "time": _iso(self.oldest_unpublished_time),
+                    "age_seconds": self.oldest_unpublished_age_seconds,
+                },
                 "lag_seconds": self.lag_seconds,
                 "position": {
                     "event_id": self.position_event_id,
@@ -140,34 +163,50 @@ def _aware(t: datetime) -> datetime:
 async def _relay_position(clients: OperatorClients, report: StatusReport) -> None:
     settings = clients.settings
     outbox = clients.db[settings.mongo.outbox_collection]
-    scope: dict[str, Any] = {}
-    if settings.relay.collections:
-        scope["collection"] = {"$in": settings.relay.collections}
+    scope = CollectionScope.of(settings.relay.collections)
     checkpoint = await read_checkpoint(settings.kafka, settings.relay.name)
     position: datetime | None = None
     if checkpoint is not None:
         report.checkpoint_mode = checkpoint.mode.value
         report.checkpoint_written_at = checkpoint.written_at
         report.position_event_id = checkpoint.last_event_id
-        candidates: list[datetime] = []
+        record_time: datetime | None = None
         if checkpoint.last_event_id is not None:
             raw = await outbox.find_one({"_id": checkpoint.last_event_id}, {"time": 1})
             if raw is not None:  # else expired by TTL
-                candidates.append(_aware(raw["time"]))
-        if checkpoint.mode is CheckpointMode.STREAM and checkpoint.wall_time is not None:
-            # Everything committed up to the checkpoint's oplog time is published; heartbeat
-            # checkpoints move it forward while the outbox is idle.
-            candidates.append(checkpoint.wall_time)
-        position = max(candidates, default=None)
+                record_time = _aware(raw["time"])
+        position = checkpoint_position(checkpoint, record_time)
     report.position_time = position
-    # The relay's own definition, so `outbox status` and `outbox_outbox_backlog` agree.
-    report.backlog = await outbox.count_documents(
-        backlog_query(position, settings.relay.collections)
-    )
-    newest = await outbox.find_one(scope, {"time": 1}, sort=[("time", -1)])
+    # The relay's own definitions, so `outbox status` and the relay's metrics agree.
+    own_query = backlog_query(position, scope)
+    own = await outbox.count_documents(own_query)
+    regs = await read_registrations(clients.db[LEASE_COLLECTION])
+    me = Registration(settings.relay.name, scope, position)
+    nobody = unowned([me, *regs])
+    oldest = [await oldest_time(outbox, own_query)] if own else []
+    if not nobody.is_empty:
+        query = nobody.mongo_filter()
+        report.unowned = await outbox.count_documents(query)
+        if report.unowned:
+            names = await outbox.distinct("collection", query)
+            report.unowned_collections = sorted(str(n) for n in names)
+            oldest.append(await oldest_time(outbox, query))
+            report.problems.append(
+                f"{report.unowned} outbox records in collections no relay publishes: "
+                f"{', '.join(report.unowned_collections)} (add them to a relay's "
+                "OUTBOX_RELAY_COLLECTIONS)"
+            )
+    for a, b, shared in overlaps(regs):
+        report.problems.append(
+            f"relays {a!r} and {b!r} both publish {shared.describe()}: every record of it "
+            "is published twice (or delete a retired relay's lease document)"
+        )
+    report.backlog = own + report.unowned
+    report.oldest_unpublished_time = min((t for t in oldest if t is not None), default=None)
+    newest = await outbox.find_one(scope.mongo_filter(), {"time": 1}, sort=[("time", -1)])
     if newest is not None:
         report.newest_record_time = _aware(newest["time"])
-    if report.backlog and report.newest_record_time is not None:
+    if own and report.newest_record_time is not None:
         since = position or report.newest_record_time
         report.lag_seconds = max(0.0, (report.newest_record_time - since).total_seconds())
 
@@ -194,6 +233,7 @@ async def _leases(clients: OperatorClients, report: StatusReport) -> None:
                 "events_published": raw.get("events_published"),
                 "events_dead_lettered": raw.get("events_dead_lettered"),
                 "oplog_seconds_left": raw.get("oplog_seconds_left"),
+                "collections": raw.get("collections"),
             }
         )
     if not active:

@@ -205,6 +205,12 @@ def _print_status(report: StatusReport) -> None:
         f"  backlog: {relay['backlog']} outbox records, lag {relay['lag_seconds']:.1f} s "
         f"(newest record {relay['newest_record_time']})"
     )
+    oldest, unowned = relay["oldest_unpublished"], relay["unowned"]
+    if oldest["time"] is not None:
+        out.print(f"  oldest unpublished: {oldest['time']} ({oldest['age_seconds']:.0f} s old)")
+    if unowned["records"]:
+        names = ", ".join(unowned["collections"])
+        out.print(f"  unowned: {unowned['records']} records in {names} (no relay publishes them)")
     indexer = data["indexer"]
     out.print(f"[bold]Indexer[/bold] consumer lag {indexer['consumer_lag_total']}")
     if indexer["partitions"]:

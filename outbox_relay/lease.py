@@ -15,6 +15,8 @@ Collection `relay_leases` in the outbox database, one document per relay name:
 | `events_published`, `events_dead_lettered`, `batches_committed` | counters of this holder |
 | `history_lost_recoveries`, `duplicates_possible` | see the relay README |
 | `oplog_seconds_left` | seconds of oplog history behind the checkpoint (null if unknown) |
+| `collections` | what this relay publishes ([]: all); see `outbox_relay.ownership` |
+| `position_time` | everything older is published; see `outbox_relay.backlog` |
 
 The lease only decides who *works*; Kafka's transactional fencing (every holder uses the
 same `transactional.id`) is what guarantees that a zombie can never commit. Expiry uses
@@ -146,12 +148,6 @@ class MongoLease:
             self._valid_until = 0.0
             raise LeaseLostError(f"lease of {self.name!r} is held by another relay")
         self._valid_until = started + self.ttl
-
-    async def keep_renewed(self) -> None:
-        """Renew until cancelled; raises `LeaseLostError` as soon as the lease is gone."""
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.renew()
 
     async def release(self) -> None:
         """Give the lease up at once (clean stop) so a standby takes over without waiting."""

@@ -1,9 +1,12 @@
 """`KafkaEventPublisher`: one Kafka transaction per batch of events plus its checkpoint.
 
-confluent-kafka's transactional calls block, so every producer call runs on one
-dedicated thread (the producer's transactional API must not be used from several
-threads at once). Errors are mapped here, where they enter:
+The `EventPublisher` adapter for confluent-kafka. Its transactional calls block, so every
+producer call runs on one dedicated thread (the producer's transactional API must not be
+used from several threads at once; confluent-kafka's asyncio producer is still
+experimental). Errors are mapped here, where they enter:
 
+- a retriable error of `commit_transaction` (e.g. a slow broker: the commit goes on in
+  the background): the commit is called again, the transaction is not aborted;
 - `txn_requires_abort()` (and anything else that is not fatal): the transaction is
   aborted and `TransactionAbortedError` tells the relay to rewind to its last checkpoint;
 - `fatal()` (fenced by a newer relay with the same `transactional.id`): `FatalError`.
@@ -12,17 +15,16 @@ threads at once). Errors are mapped here, where they enter:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from infra.dead_letter import dead_letter_message
 from infra.envelope import KafkaMessage
-from infra.errors import FatalError, RetriableError
+from infra.errors import FatalError
 from infra.kafka import (
     compacted,
     ensure_topics,
@@ -33,6 +35,8 @@ from infra.kafka import (
 )
 from infra.settings import Settings
 from outbox_relay.checkpoint import Checkpoint
+from outbox_relay.ports import BatchOutcome, LeaseCheckFailedError, TransactionAbortedError
+from outbox_relay.refusal import dead_letter_for, without_value
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +44,8 @@ T = TypeVar("T")
 
 INIT_TIMEOUT_S = 30.0
 COMMIT_TIMEOUT_S = 30.0
+# A commit that keeps timing out is retried this long before the relay gives up (exits).
+COMMIT_GIVE_UP_S = 300.0
 ABORT_TIMEOUT_S = 30.0
 ABORT_ATTEMPTS = 3
 POLL_EVERY = 256  # messages produced between two polls for delivery reports
@@ -50,31 +56,6 @@ def transactional_id(settings: Settings) -> str:
     return f"{settings.kafka.namespace}.relay.{settings.relay.name}"
 
 
-@dataclass
-class BatchOutcome:
-    """What a committed batch contained."""
-
-    published: int = 0
-    dead_lettered: list[str] = field(default_factory=list)
-    by_collection: dict[str, int] = field(default_factory=dict)  # published per collection
-
-
-class TransactionAbortedError(RetriableError):
-    """The batch's transaction was aborted: rewind to the last checkpoint and retry.
-
-    `refused` maps event ids Kafka refused for good (too large) to the reason; those go
-    to the dead-letter topic on the retry.
-    """
-
-    def __init__(self, message: str, refused: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.refused = refused or {}
-
-
-class LeaseCheckFailedError(RetriableError):
-    """The lease was no longer held at commit time: the transaction was aborted."""
-
-
 _PERMANENT_REFUSALS = {
     KafkaError.MSG_SIZE_TOO_LARGE,
     KafkaError.INVALID_RECORD,
@@ -82,19 +63,15 @@ _PERMANENT_REFUSALS = {
 }
 
 
-def dead_letter_for(message: KafkaMessage, reason: str, dlq_topic: str) -> KafkaMessage:
-    """The DLQ form of an event Kafka refused; the value is dropped if it is what is too big."""
-    too_big = "SIZE" in reason.upper() or "TOO_LARGE" in reason.upper()
-    return dead_letter_message(message, reason, dlq_topic, stage="relay", keep_value=not too_big)
-
-
 class KafkaEventPublisher:
     """The relay's transactional producer (see the module docstring)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, commit_timeout_s: float = COMMIT_TIMEOUT_S) -> None:
         self._settings = settings
         self._kafka = settings.kafka
+        self._commit_timeout_s = commit_timeout_s
         self.transactional_id = transactional_id(settings)
+        self.checkpoint_topic = settings.kafka.relay_checkpoint_topic(settings.relay.name)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-producer")
         self._producer: Producer | None = None
         self._known_topics: set[str] = set()
@@ -108,7 +85,9 @@ class KafkaEventPublisher:
         It also aborts a transaction a dead holder left open, which read_committed readers
         (our checkpoint reader included) would otherwise wait on.
         """
-        await ensure_topics(self._kafka, {self._kafka.checkpoint_topic: compacted()}, partitions=1)
+        await ensure_topics(
+            self._kafka, {self.checkpoint_topic: compacted(self._kafka)}, partitions=1
+        )
         await ensure_topics(self._kafka, {self._kafka.dlq_topic: event_topic_config(self._kafka)})
         await self._call(self._init_blocking)
         log.info("producer_initialised", transactional_id=self.transactional_id)
@@ -192,11 +171,18 @@ class KafkaEventPublisher:
                     produce(producer, to_send, on_delivery(message.event_id))
                 except KafkaException as e:
                     err: KafkaError = e.args[0]
-                    if err.code() not in _PERMANENT_REFUSALS or message.dead_letter is not None:
+                    if err.code() not in _PERMANENT_REFUSALS or (
+                        message.dead_letter is not None and message.value is None
+                    ):
                         raise
-                    # Refused before it left the client (bigger than message.max.bytes).
-                    to_send = dead_letter_for(
-                        message, f"{err.name()}: {err.str()}", self._kafka.dlq_topic
+                    # Refused before it left the client (bigger than message.max.bytes):
+                    # an event goes to the DLQ, a dead letter loses its value.
+                    to_send = (
+                        without_value(message)
+                        if message.dead_letter is not None
+                        else dead_letter_for(
+                            message, f"{err.name()}: {err.str()}", self._kafka.dlq_topic
+                        )
                     )
                     produce(producer, to_send, on_delivery(message.event_id))
                 if alone:
@@ -211,7 +197,7 @@ class KafkaEventPublisher:
             produce(
                 producer,
                 KafkaMessage(
-                    topic=self._kafka.checkpoint_topic,
+                    topic=self.checkpoint_topic,
                     key=checkpoint.kafka_key(),
                     value=checkpoint.kafka_value(),
                     headers=[],
@@ -222,7 +208,7 @@ class KafkaEventPublisher:
             if not still_leader():
                 self._abort(producer)
                 raise LeaseCheckFailedError("lease lost before commit; transaction aborted")
-            producer.commit_transaction(COMMIT_TIMEOUT_S)
+            self._commit_transaction(producer)
             outcome.published = sum(by_collection.values())
         except KafkaException as e:
             err = e.args[0]
@@ -231,6 +217,26 @@ class KafkaEventPublisher:
             self._abort(producer)
             raise TransactionAbortedError(f"transaction aborted: {err}", refused) from e
         return outcome
+
+    def _commit_transaction(self, producer: Producer) -> None:
+        """Commit; a retriable error (the commit goes on in the background) is retried.
+
+        Aborting instead would only meet librdkafka's "conflicting commit in progress"
+        and turn a slow broker into a crash. Abortable and other errors propagate.
+        """
+        give_up = time.monotonic() + COMMIT_GIVE_UP_S
+        while True:
+            try:
+                producer.commit_transaction(self._commit_timeout_s)
+            except KafkaException as e:
+                err: KafkaError = e.args[0]
+                if err.fatal() or err.txn_requires_abort() or not err.retriable():
+                    raise
+                if time.monotonic() > give_up:
+                    raise FatalError(f"the Kafka commit did not finish: {err}") from e
+                log.warning("commit_retried", error=str(err))
+                continue
+            return
 
     @staticmethod
     def _abort(producer: Producer) -> None:

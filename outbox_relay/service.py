@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import structlog
 from pymongo.errors import PyMongoError
@@ -23,27 +24,47 @@ from infra.tracing import configure_tracing
 from outbox_relay.backlog import watch_backlog
 from outbox_relay.change_stream import oplog_seconds_left
 from outbox_relay.lease import LEASE_COLLECTION, LeaseLostError, MongoLease
+from outbox_relay.metrics import RelayMetrics
+from outbox_relay.ports import EventPublisher
 from outbox_relay.progress import RelayState
+from outbox_relay.publisher import KafkaEventPublisher
 from outbox_relay.relay import OutboxRelay
+from outbox_relay.retention import OutboxRetention
+from outbox_relay.scope import CollectionScope
 
 log = structlog.get_logger(__name__)
 
 
-async def serve(settings: Settings) -> None:
-    """Run the relay named `settings.relay.name` (see the module docstring)."""
+async def serve(
+    settings: Settings, *, publisher: Callable[[Settings], EventPublisher] = KafkaEventPublisher
+) -> None:
+    """Run the relay named `settings.relay.name` (see the module docstring).
+
+    `publisher` builds the Kafka adapter each time this process becomes active.
+    """
     relay_settings = settings.relay
     structlog.contextvars.bind_contextvars(relay=relay_settings.name)
+    metrics = RelayMetrics()
     state = RelayState(
         name=relay_settings.name,
+        metrics=metrics,
+        scope=CollectionScope.of(relay_settings.collections),
         monitor=ProgressMonitor(stall_after_s=relay_settings.stall_after_seconds),
     )
     state.became_standby()
-    health = HealthServer(relay_settings.metrics_host, relay_settings.metrics_port, state.readiness)
+    health = HealthServer(
+        relay_settings.metrics_host,
+        relay_settings.metrics_port,
+        state.readiness,
+        registry=metrics.registry,
+    )
     async with health:
-        await _serve(settings, state)
+        await _serve(settings, state, publisher)
 
 
-async def _serve(settings: Settings, state: RelayState) -> None:
+async def _serve(
+    settings: Settings, state: RelayState, publisher: Callable[[Settings], EventPublisher]
+) -> None:
     relay_settings = settings.relay
     client = mongo_client(settings.mongo, app_name=f"outbox-relay-{relay_settings.name}")
     try:
@@ -71,7 +92,7 @@ async def _serve(settings: Settings, state: RelayState) -> None:
             await lease.wait_acquired()
             state.became_active()
             try:
-                await _run_active(settings, client, state, lease)
+                await _run_active(settings, client, state, lease, publisher(settings))
             except LeaseLostError as e:
                 log.error("lease_lost", error=str(e))  # noqa: TRY400 - no traceback wanted
                 continue
@@ -82,18 +103,33 @@ async def _serve(settings: Settings, state: RelayState) -> None:
 
 
 async def _run_active(
-    settings: Settings, client: MongoClient, state: RelayState, lease: MongoLease
+    settings: Settings,
+    client: MongoClient,
+    state: RelayState,
+    lease: MongoLease,
+    publisher: EventPublisher,
 ) -> None:
     """Publish while the lease holds; returns never, raises `LeaseLostError` or fatal errors."""
     relay = OutboxRelay(
-        settings, client, state, still_leader=lease.held, tracing=configure_tracing("relay")
+        settings,
+        client,
+        state,
+        still_leader=lease.held,
+        publisher=publisher,
+        tracing=configure_tracing("relay"),
     )
-    outbox = client[settings.mongo.database][settings.mongo.outbox_collection]
+    db = client[settings.mongo.database]
+    retention = OutboxRetention(
+        client, settings.mongo, margin_s=settings.relay.recovery_margin_seconds
+    )
     tasks = {
         asyncio.create_task(relay.run(), name="relay"),
         asyncio.create_task(_keep_lease(lease, client, state), name="relay-lease"),
         asyncio.create_task(
-            watch_backlog(outbox, settings.relay.collections, state), name="relay-backlog"
+            watch_backlog(
+                db[settings.mongo.outbox_collection], db[LEASE_COLLECTION], state, retention
+            ),
+            name="relay-backlog",
         ),
     }
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.faults import FaultConfig, run_faults
+from faults.scenarios import kills, run_faults
 
 
 @pytest.mark.slow
@@ -20,7 +20,7 @@ async def test_no_event_is_lost_duplicated_or_left_unindexed_across_kills_and_re
     document's versions grow along its partition, and Elasticsearch holds MongoDB's ids,
     versions and tombstones.
     """
-    config = FaultConfig.short()
+    config = kills(short=True)
 
     result = await run_faults(config, tmp_path)
 

@@ -34,6 +34,8 @@ RELAY_METRICS = (
     "outbox_relay_commit_seconds",
     "outbox_relay_lag_seconds",
     "outbox_outbox_backlog",
+    "outbox_outbox_unowned",
+    "outbox_oldest_unpublished_age_seconds",
     "outbox_relay_oplog_window_seconds",
     "outbox_relay_history_lost_total",
     "outbox_relay_duplicates_possible_total",

@@ -11,8 +11,6 @@ from typing import Any
 import orjson
 import pytest
 
-import bench.audit
-import operator_tools.audit
 from infra.envelope import CE_REPLAYED, EventType, OutboxRecord
 from infra.kafka import ReadMessage
 from infra.settings import KafkaSettings, Settings
@@ -58,12 +56,6 @@ def report(**counts: Any) -> AuditReport:
         **counts,
     }
     return AuditReport(window=WINDOW, **values)
-
-
-def test_the_harness_shim_re_exports_exactly_the_product_audit() -> None:
-    assert bench.audit.__all__ == ["AuditReport", "audit_when_idle"]
-    assert bench.audit.AuditReport is operator_tools.audit.AuditReport
-    assert bench.audit.audit_when_idle is operator_tools.audit.audit_when_idle
 
 
 def test_the_summary_keeps_the_line_the_fault_harness_parses() -> None:

@@ -1,125 +1,21 @@
-"""Checkpoint encoding, the Kafka form of an outbox record, and the recovery rules."""
+"""The Kafka form of an outbox record, dead letters, the stream filter, history loss."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
-from bson.timestamp import Timestamp
-from hypothesis import given
-from hypothesis import strategies as st
 
 from infra.dead_letter import DeadLetter
 from infra.envelope import EnvelopeEncoder, EventType, KafkaMessage, OutboxRecord
 from infra.settings import KafkaSettings, RelaySettings, Settings
 from outbox_relay.change_stream import is_history_lost, outbox_pipeline
-from outbox_relay.checkpoint import (
-    Checkpoint,
-    CheckpointDecodeError,
-    CheckpointMode,
-    decode_checkpoint,
-    encode_checkpoint,
-)
-from outbox_relay.publisher import dead_letter_for, transactional_id
-from outbox_relay.recovery import (
-    SkipWindow,
-    duplicate_possible,
-    scan_filter,
-    scan_since,
-)
+from outbox_relay.publisher import transactional_id
+from outbox_relay.refusal import dead_letter_for
 from outbox_relay.relay import message_for
+from outbox_relay.scope import CollectionScope
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, 123000, tzinfo=UTC)
-
-tokens = st.one_of(
-    st.none(),
-    st.fixed_dictionaries({"_data": st.text(alphabet="0123456789abcdef", min_size=2)}),
-)
-timestamps = st.one_of(
-    st.none(),
-    st.builds(Timestamp, st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1)),
-)
-datetimes = st.one_of(
-    st.none(),
-    st.datetimes(
-        min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
-    ),
-)
-
-
-@given(
-    relay=st.text(min_size=1, max_size=40),
-    mode=st.sampled_from(CheckpointMode),
-    token=tokens,
-    cluster_time=timestamps,
-    recover_from=datetimes,
-    last_event_id=st.one_of(st.none(), st.uuids().map(str)),
-    events_total=st.integers(0, 2**53),
-    written_at=datetimes,
-)
-def test_a_checkpoint_round_trips_through_its_kafka_encoding(
-    relay: str,
-    mode: CheckpointMode,
-    token: dict[str, str] | None,
-    cluster_time: Timestamp | None,
-    recover_from: datetime | None,
-    last_event_id: str | None,
-    events_total: int,
-    written_at: datetime | None,
-) -> None:
-    """Whatever the relay commits, a restarted relay reads back unchanged."""
-    cp = Checkpoint(
-        relay=relay,
-        mode=mode,
-        resume_token=token,
-        cluster_time=cluster_time,
-        recover_from=recover_from,
-        last_event_id=last_event_id,
-        events_total=events_total,
-        written_at=written_at,
-    )
-    assert decode_checkpoint(encode_checkpoint(cp)) == cp
-
-
-def test_the_checkpoint_key_is_the_relay_name_so_compaction_keeps_the_latest() -> None:
-    assert Checkpoint.initial("relay-a").kafka_key() == b"relay-a"
-
-
-@pytest.mark.parametrize(
-    "raw", [b"", b"not json", b"[]", b'{"format": 99}', b'{"format": 1, "relay": "r"}']
-)
-def test_an_unreadable_checkpoint_is_refused_not_guessed(raw: bytes) -> None:
-    with pytest.raises(CheckpointDecodeError):
-        decode_checkpoint(raw)
-
-
-def test_a_stream_batch_advances_the_checkpoint_and_counts_its_events() -> None:
-    start = Checkpoint.initial("r")
-    assert start.mode is CheckpointMode.RECOVERING
-    assert start.recover_from is None  # first start: every retained record
-    cp = start.advanced(
-        resume_token={"_data": "ab"},
-        cluster_time=Timestamp(100, 2),
-        last_event_id="e1",
-        published=5,
-        now=NOW,
-    )
-    assert cp.mode is CheckpointMode.STREAM
-    assert (cp.resume_token, cp.cluster_time, cp.events_total) == (
-        {"_data": "ab"},
-        Timestamp(100, 2),
-        5,
-    )
-    assert cp.wall_time == datetime(1970, 1, 1, 0, 1, 40, tzinfo=UTC)
-    heartbeat = cp.advanced(
-        resume_token={"_data": "ac"},
-        cluster_time=Timestamp(101, 1),
-        last_event_id=None,
-        published=0,
-        now=NOW,
-    )
-    assert heartbeat.last_event_id == "e1"  # a heartbeat keeps the last event id
-    assert heartbeat.events_total == 5
 
 
 def record(kind: EventType = EventType.UPDATED, **kw: object) -> OutboxRecord:
@@ -164,6 +60,17 @@ def test_a_malformed_outbox_record_becomes_a_dead_letter_not_a_crash() -> None:
     assert message.dead_letter is not None
     assert message.dead_letter.source_topic == "ns.event.books"
     assert "malformed" in message.dead_letter.error
+    assert message.value is not None  # its stored form, for the operator
+
+
+def test_a_malformed_record_too_big_for_kafka_is_dead_lettered_without_its_stored_form() -> None:
+    """Kafka would refuse a dead letter carrying it: the outbox keeps the body instead."""
+    kafka = KafkaSettings(namespace="ns", message_max_bytes=16384)
+    raw = record(payload={"blob": "x" * 20000}).to_mongo()
+    del raw["type"]
+    message = message_for(raw, EnvelopeEncoder(kafka.event_topic), kafka)
+    assert message.dead_letter is not None
+    assert message.value is None
 
 
 def test_a_dead_letter_for_an_oversized_event_keeps_its_headers_but_not_its_value() -> None:
@@ -194,8 +101,8 @@ def test_the_transactional_id_depends_on_the_relay_name_only() -> None:
 
 
 def test_the_stream_filter_keeps_inserts_and_this_relays_collections() -> None:
-    assert outbox_pipeline([]) == [{"$match": {"operationType": "insert"}}]
-    assert outbox_pipeline(["books"]) == [
+    assert outbox_pipeline(CollectionScope.of([])) == [{"$match": {"operationType": "insert"}}]
+    assert outbox_pipeline(CollectionScope.of(["books"])) == [
         {"$match": {"operationType": "insert", "fullDocument.collection": {"$in": ["books"]}}}
     ]
 
@@ -208,34 +115,11 @@ def test_history_loss_is_recognised_by_code_not_by_label() -> None:
         OperationFailure("cannot resume stream; the resume token was not found", code=280)
     )
     assert not is_history_lost(OperationFailure("other fatal", code=280))
+    assert is_history_lost(OperationFailure("resumeAfter an invalidate token", code=260))
+    assert is_history_lost(
+        OperationFailure(
+            "Resume token namespace does not match the change-stream watch scope", code=13
+        )
+    )
+    assert not is_history_lost(OperationFailure("not authorized on outbox", code=13))
     assert not is_history_lost(OperationFailure("interrupted", code=11601))
-
-
-def test_recovery_scans_from_the_checkpoint_minus_the_margin() -> None:
-    margin = timedelta(seconds=RelaySettings().recovery_margin_seconds)
-    assert scan_since(None, margin) is None
-    assert scan_since(NOW, margin) == NOW - margin
-    assert timedelta(seconds=60) <= margin  # MongoDB's transaction lifetime limit
-    assert scan_filter(NOW, ["books"]) == {"time": {"$gte": NOW}, "collection": {"$in": ["books"]}}
-    assert scan_filter(None, []) == {}
-
-
-def test_only_records_older_than_the_checkpoint_are_counted_as_possible_duplicates() -> None:
-    assert duplicate_possible(NOW - timedelta(seconds=1), NOW)
-    assert not duplicate_possible(NOW, NOW)
-    assert not duplicate_possible(NOW - timedelta(days=1), None)  # first start: none published
-
-
-@given(
-    until=st.integers(10, 1000),
-    change_at=st.integers(0, 2000),
-    scanned=st.booleans(),
-)
-def test_the_stream_skips_a_scanned_event_only_inside_the_scan_window(
-    until: int, change_at: int, scanned: bool
-) -> None:
-    """After the scan ended, no change can have been scanned: nothing is skipped then."""
-    window = SkipWindow({"e1"} if scanned else set(), until=Timestamp(until, 1))
-    skipped = window.covers(Timestamp(change_at, 1), "e1")
-    assert skipped == (scanned and change_at <= until)
-    assert window.passed(Timestamp(change_at, 1)) == (change_at > until)

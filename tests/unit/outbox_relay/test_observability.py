@@ -1,15 +1,13 @@
-"""Readiness, metrics and the recovery skip window of the relay, without servers."""
+"""Readiness, metrics, the backlog and malformed records of the relay, without servers."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson.timestamp import Timestamp
-from hypothesis import given
-from hypothesis import strategies as st
-from prometheus_client import REGISTRY
 from pymongo.errors import AutoReconnect
 
 from infra.envelope import EnvelopeEncoder, EventType, KafkaMessage, OutboxRecord
@@ -18,74 +16,13 @@ from infra.health import ProgressMonitor
 from infra.settings import KafkaSettings
 from outbox_relay.backlog import EPOCH, backlog_query
 from outbox_relay.checkpoint import Checkpoint, CheckpointMode
+from outbox_relay.metrics import RelayMetrics
+from outbox_relay.ports import LeaseCheckFailedError, TransactionAbortedError
 from outbox_relay.progress import RelayState
-from outbox_relay.publisher import LeaseCheckFailedError, TransactionAbortedError
-from outbox_relay.recovery import SkipWindow, skip_scanned
-from outbox_relay.relay import failed_dependency, message_for
+from outbox_relay.relay import HistoryLostError, failed_dependency, message_for
+from outbox_relay.scope import ALL, CollectionScope
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, 123000, tzinfo=UTC)
-
-
-def change(event_id: str, at: int) -> dict[str, Any]:
-    return {
-        "_id": {"_data": event_id},
-        "clusterTime": Timestamp(at, 1),
-        "fullDocument": {"_id": event_id},
-    }
-
-
-# --- the recovery skip window ---------------------------------------------------------------
-
-
-def test_a_batch_straddling_the_end_of_the_scan_still_skips_the_scanned_ids_it_starts_with() -> (
-    None
-):
-    """Scanned ids before the scan's end are dropped, later changes kept, then the window ends."""
-    window = SkipWindow({"scanned-1", "scanned-2", "scanned-3"}, until=Timestamp(100, 1))
-    batch = [
-        change("scanned-1", 99),
-        change("fresh-1", 99),  # committed during the scan but not seen by it
-        change("scanned-2", 100),
-        change("fresh-2", 101),
-        change("fresh-3", 102),
-    ]
-    kept, next_window = skip_scanned(batch, Timestamp(102, 1), window)
-    assert [c["fullDocument"]["_id"] for c in kept] == ["fresh-1", "fresh-2", "fresh-3"]
-    assert next_window is None  # past the scan: normal checkpoints from here
-
-
-def test_a_batch_inside_the_scan_window_keeps_the_window_for_the_next_batch() -> None:
-    window = SkipWindow({"scanned-1"}, until=Timestamp(100, 1))
-    kept, next_window = skip_scanned(
-        [change("scanned-1", 98), change("fresh-1", 99)], Timestamp(99, 1), window
-    )
-    assert [c["fullDocument"]["_id"] for c in kept] == ["fresh-1"]
-    assert next_window is window
-
-
-@given(
-    until=st.integers(10, 50),
-    times=st.lists(st.integers(0, 60), min_size=1, max_size=30).map(sorted),
-    scanned_mask=st.lists(st.booleans(), min_size=30, max_size=30),
-)
-def test_no_scanned_id_is_ever_published_again_whatever_the_batch_boundaries(
-    until: int, times: list[int], scanned_mask: list[bool]
-) -> None:
-    """Split a stream any way into batches: exactly the ids the scan did not publish pass."""
-    changes = [change(f"e{i}", t) for i, t in enumerate(times)]
-    # Only a change committed no later than the scan's end can have been scanned.
-    scanned = {f"e{i}" for i, t in enumerate(times) if scanned_mask[i] and t <= until}
-    for cut in range(len(changes) + 1):
-        window: SkipWindow | None = SkipWindow(set(scanned), until=Timestamp(until, 1))
-        published: list[str] = []
-        for batch in (changes[:cut], changes[cut:]):
-            if not batch:
-                continue
-            kept, window = skip_scanned(batch, batch[-1]["clusterTime"], window)
-            published += [c["fullDocument"]["_id"] for c in kept]
-        assert published == [
-            c["fullDocument"]["_id"] for c in changes if c["fullDocument"]["_id"] not in scanned
-        ]
 
 
 # --- malformed records ----------------------------------------------------------------------
@@ -128,6 +65,11 @@ def test_a_record_whose_fields_have_the_wrong_type_becomes_a_dead_letter() -> No
 
 def state_with(stall_after_s: float = 30.0) -> RelayState:
     return RelayState(name="r", monitor=ProgressMonitor(stall_after_s=stall_after_s))
+
+
+def sample(state: RelayState, name: str, **labels: str) -> float:
+    """A metric of this relay's own registry (no process-wide state between tests)."""
+    return state.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 def stream_checkpoint(at: datetime) -> Checkpoint:
@@ -197,26 +139,16 @@ def test_failures_point_at_the_right_dependency() -> None:
         failed_dependency(TransactionAbortedError("too big", {"e1": "MSG_SIZE_TOO_LARGE"})) is None
     )
     assert failed_dependency(LeaseCheckFailedError("lease lost")) is None
+    assert failed_dependency(HistoryLostError("lost")) is None
 
 
 # --- metrics ----------------------------------------------------------------------------------
 
 
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
 def test_a_committed_transaction_moves_the_counters_the_lease_and_metrics_report() -> None:
     state = state_with()
     state.became_active()
-    assert sample("outbox_relay_active") == 1
-    before = {
-        "books": sample("outbox_relay_events_published_total", collection="books"),
-        "committed": sample("outbox_relay_transactions_total", result="committed"),
-        "aborted": sample("outbox_relay_transactions_total", result="aborted"),
-        "dlq": sample("outbox_relay_dlq_total"),
-        "batches": sample("outbox_relay_batch_size_count"),
-    }
+    assert sample(state, "outbox_relay_active") == 1
     state.committed(
         stream_checkpoint(NOW),
         published={"books": 3, "films": 1},
@@ -226,18 +158,43 @@ def test_a_committed_transaction_moves_the_counters_the_lease_and_metrics_report
         seconds=0.02,
     )
     state.aborted()
-    assert sample("outbox_relay_events_published_total", collection="books") == before["books"] + 3
-    assert sample("outbox_relay_transactions_total", result="committed") == before["committed"] + 1
-    assert sample("outbox_relay_transactions_total", result="aborted") == before["aborted"] + 1
-    assert sample("outbox_relay_dlq_total") == before["dlq"] + 1
-    assert sample("outbox_relay_batch_size_count") == before["batches"] + 1
+    assert sample(state, "outbox_relay_events_published_total", collection="books") == 3
+    assert sample(state, "outbox_relay_transactions_total", result="committed") == 1
+    assert sample(state, "outbox_relay_transactions_total", result="aborted") == 1
+    assert sample(state, "outbox_relay_dlq_total") == 1
+    assert sample(state, "outbox_relay_batch_size_count") == 1
     assert (state.events_published, state.events_dead_lettered, state.transactions_aborted) == (
         4,
         1,
         1,
     )
     state.became_standby()
-    assert sample("outbox_relay_active") == 0
+    assert sample(state, "outbox_relay_active") == 0
+
+
+def test_two_relays_in_one_process_never_share_a_metric() -> None:
+    """Each service has its registry: one relay's counts never show in another's /metrics."""
+    a, b = state_with(), RelayState(name="b", metrics=RelayMetrics())
+    a.history_lost()
+    assert sample(a, "outbox_relay_history_lost_total") == 1
+    assert sample(b, "outbox_relay_history_lost_total") == 0
+
+
+def test_records_no_relay_publishes_turn_readiness_red_and_count_as_backlog() -> None:
+    state = state_with()
+    state.became_active()
+    state.backlog_measured(
+        2, unowned=3, unowned_collections=["orphan"], oldest_unpublished_age_s=90.0
+    )
+    ready, detail = asyncio.run(state.readiness())
+    assert not ready
+    assert "3 outbox records" in detail
+    assert "orphan" in detail
+    assert sample(state, "outbox_outbox_backlog") == 5
+    assert sample(state, "outbox_outbox_unowned") == 3
+    assert sample(state, "outbox_oldest_unpublished_age_seconds") == 90
+    state.backlog_measured(0)
+    assert asyncio.run(state.readiness()) == (True, "ok")
 
 
 def test_lag_is_the_age_of_the_position_while_records_wait_and_zero_without_backlog() -> None:
@@ -254,15 +211,15 @@ def test_lag_is_the_age_of_the_position_while_records_wait_and_zero_without_back
     )
     assert state.position_time == old  # the later of the record time and the oplog time
     state.backlog_measured(5)
-    assert 89 <= sample("outbox_relay_lag_seconds") <= 120
-    assert sample("outbox_outbox_backlog") == 5
+    assert 89 <= sample(state, "outbox_relay_lag_seconds") <= 120
+    assert sample(state, "outbox_outbox_backlog") == 5
     state.backlog_measured(0)
-    assert sample("outbox_relay_lag_seconds") == 0
+    assert sample(state, "outbox_relay_lag_seconds") == 0
 
 
 def test_the_backlog_counts_records_after_the_position_through_the_time_index() -> None:
-    assert backlog_query(NOW, []) == {"time": {"$gt": NOW}}
-    assert backlog_query(None, ["books"]) == {
+    assert backlog_query(NOW, ALL) == {"time": {"$gt": NOW}}
+    assert backlog_query(None, CollectionScope.of(["books"])) == {
         "time": {"$gt": EPOCH},
         "collection": {"$in": ["books"]},
     }

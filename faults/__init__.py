@@ -1,0 +1,1 @@
+"""The fault harness: scenarios proving the guarantees under faults (`make faults`)."""

@@ -1,0 +1,5 @@
+"""`python -m faults`: see `faults.cli`."""
+
+from faults.cli import app
+
+app()
