@@ -25,6 +25,7 @@ from api.rate_limit import TokenBuckets, parse_networks
 from api.routes import auth, documents, health, operator, search
 from infra.elastic import elastic_client
 from infra.errors import FatalError
+from infra.health import service_registry
 from infra.index_limits import index_limits
 from infra.mongo import ensure_outbox_indexes, mongo_client
 from infra.settings import (
@@ -92,7 +93,7 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     app.state.settings = settings
-    app.state.metrics = ApiMetrics()
+    app.state.metrics = ApiMetrics(service_registry())
     app.state.consistency_tokens = ConsistencyTokens(consistency_key.encode())
     app.state.trusted_proxies = parse_networks(settings.api.trusted_proxies)
     app.state.login_failures = TokenBuckets(

@@ -11,8 +11,8 @@ __all__ = ["CONTENT_TYPE_LATEST", "ApiMetrics"]
 class ApiMetrics:
     """Request count and latency by method, route template and status."""
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
         self.requests = Counter(
             "outbox_api_requests",
             "HTTP requests handled.",

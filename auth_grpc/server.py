@@ -29,7 +29,7 @@ from auth_grpc.passwords import PasswordHasher
 from auth_grpc.servicer import AuthServicer
 from auth_grpc.store import MongoUserStore
 from infra.errors import RetriableError
-from infra.health import HealthServer
+from infra.health import HealthServer, service_registry
 from infra.mongo import MongoClient, mongo_client, ping
 from infra.retry import retrying
 from infra.settings import AuthSettings, ConfigurationError, Settings, read_pem
@@ -114,7 +114,7 @@ async def start_server(
         open_signup=settings.auth.open_signup,
         throttle=throttle,
     )
-    metrics = AuthMetrics()
+    metrics = AuthMetrics(service_registry())
     server = grpc.aio.server()
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(accounts, metrics), server)
     health = HealthServicer()

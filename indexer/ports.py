@@ -1,4 +1,4 @@
-"""The indexer's adapters as small Protocols: the loop in `indexer.service` depends on these,
+"""The indexer's adapters as small Protocols: the loop in `indexer.pipeline` depends on these,
 so tests and the benchmark can swap any of them (Kafka source, Elasticsearch sink, DLQ)."""
 
 from __future__ import annotations

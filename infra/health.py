@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +65,20 @@ class ProgressMonitor:
         if self.waiting > 0 and idle_for > self.stall_after_s:
             return False, f"stalled: {self.waiting} waiting, no progress for {idle_for:.0f}s"
         return True, "ok"
+
+
+def service_registry() -> CollectorRegistry:
+    """A metrics registry of one service's own, with the process, platform and GC metrics.
+
+    Each service (api, auth, relay, indexer) builds one in `serve()` and passes it down, so
+    tests can run several services in one process without their metrics colliding, and
+    every `/metrics` still shows the process's memory and CPU.
+    """
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
 
 
 Readiness = Callable[[], Awaitable[tuple[bool, str]]]

@@ -16,7 +16,7 @@ import structlog
 from pymongo.errors import PyMongoError
 
 from infra.errors import FatalError, ServerUnreachableError
-from infra.health import HealthServer, ProgressMonitor
+from infra.health import HealthServer, ProgressMonitor, service_registry
 from infra.mongo import MongoClient, ensure_outbox_indexes, map_mongo_error, mongo_client, ping
 from infra.retry import retrying
 from infra.settings import Settings
@@ -44,7 +44,7 @@ async def serve(
     """
     relay_settings = settings.relay
     structlog.contextvars.bind_contextvars(relay=relay_settings.name)
-    metrics = RelayMetrics()
+    metrics = RelayMetrics(service_registry())
     state = RelayState(
         name=relay_settings.name,
         metrics=metrics,

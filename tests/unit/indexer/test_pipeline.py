@@ -13,8 +13,8 @@ import pytest
 
 from indexer.batch import APPLIED, ItemOutcome, Outcome
 from indexer.consumer import ConsumedMessage, TopicPartitionKey
+from indexer.pipeline import Indexer
 from indexer.progress import IndexerState
-from indexer.service import Indexer
 from indexer.sink import BulkRequestRefusedError, IndexUnusableError
 from infra.dead_letter import DeadLetter
 from infra.errors import RetriableError
