@@ -217,8 +217,7 @@ async def test_freshness_reports_commit_to_searchable_of_the_writes_just_indexed
     """Every document indexed in the window is a sample; the bound includes the refresh."""
     await pipeline.start_stages()
     for i in range(5):
-        await pipeline.put("books", f"f{i}", {"title": f"t{i}"})
-    await pipeline.settled("books")
+        await pipeline.wait_searchable(await pipeline.write("books", f"f{i}", {"title": f"t{i}"}))
     admin = await pipeline.api.auth_headers("admin")
     r = await pipeline.api.client.get("/v1/ops/freshness?window_s=120", headers=admin)
     assert r.status_code == 200, r.text
