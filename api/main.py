@@ -22,7 +22,7 @@ from api.middleware import RequestMiddleware
 from api.openapi import install_openapi
 from api.problems import install_problem_handlers
 from api.rate_limit import TokenBuckets, parse_networks
-from api.routes import auth, documents, health, operator, search
+from api.routes import auth, documents, health, operator, search, status_page
 from infra.elastic import elastic_client
 from infra.errors import FatalError
 from infra.index_limits import index_limits
@@ -124,6 +124,7 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     app.include_router(search.router)
     app.include_router(operator.router)
     app.include_router(health.router)
+    app.include_router(status_page.router)
     return app
 
 
