@@ -15,6 +15,9 @@ if [ "$(id -u)" -ne 0 ] || ! command -v apt-get > /dev/null; then
 fi
 echo "installing Debian's chromium (for the status page test) ..." >&2
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq chromium > /dev/null
-"$CHROMIUM" --version
+if apt-get update -qq && apt-get install -y -qq chromium > /dev/null; then
+    "$CHROMIUM" --version
+else
+    # The rest of the suite still runs; the browser test fails with the reason.
+    echo "warning: installing chromium failed (see above); the status page test will fail" >&2
+fi
