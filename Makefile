@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR ?= .outbox-data
 
-.PHONY: run test test-unit test-integration lint format protos faults bench clean
+.PHONY: run test test-unit test-integration lint format protos faults bench browser clean
 
 # Installs exactly what uv.lock pins (hashes checked): uv itself comes from the lock too,
 # bootstrapped once with pip, then `uv sync` makes the venv match the lock exactly.
@@ -22,13 +22,18 @@ $(STAMP): pyproject.toml uv.lock
 run: $(STAMP)
 	$(BIN)/outbox dev --data-dir $(DATA_DIR)
 
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# Debian's Chromium for the status page's browser test, installed when missing (as root, as
+# CI runs; otherwise it prints what to run and that test fails saying so).
+browser:
+	bash .ci/install_browser.sh
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests/integration
 
 lint: $(STAMP)

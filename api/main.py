@@ -22,7 +22,7 @@ from api.middleware import RequestMiddleware
 from api.openapi import install_openapi
 from api.problems import install_problem_handlers
 from api.rate_limit import TokenBuckets, parse_networks
-from api.routes import auth, documents, health, operator, search
+from api.routes import auth, documents, health, operator, search, status_page
 from infra.elastic import elastic_client
 from infra.errors import FatalError
 from infra.health import service_registry
@@ -36,6 +36,7 @@ from infra.settings import (
     read_pem,
 )
 from infra.tracing import Tracing, configure_tracing
+from operator_tools.jobs import JOBS_COLLECTION, JobRunner, MongoJobStore
 
 log = structlog.get_logger(__name__)
 
@@ -74,9 +75,16 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
             app.state.collection_limit = CollectionLimit(
                 mongo[settings.mongo.database], settings.mongo, settings.api.max_collections
             )
+            job_store = MongoJobStore(mongo[settings.mongo.database][JOBS_COLLECTION])
+            await job_store.ensure_indexes()
+            app.state.jobs = JobRunner(job_store)
             log.info("api_started", auth_target=settings.auth.target)
             yield
         finally:
+            # Running operator jobs are cancelled and recorded as interrupted while the
+            # clients they use are still open (operator_tools/jobs.py).
+            if hasattr(app.state, "jobs"):
+                await app.state.jobs.close()
             await es.close()
             await channel.close(grace=None)
             await mongo.close()
@@ -117,6 +125,7 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     app.include_router(search.router)
     app.include_router(operator.router)
     app.include_router(health.router)
+    app.include_router(status_page.router)
     return app
 
 

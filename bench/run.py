@@ -13,11 +13,11 @@ plus end-to-end commit -> indexed latency (p50/p95/p99) at about half the sustai
 rate, and the peak RSS of each service. Writes `bench/<YYYY-MM-DD>.json` and prints a table.
 
     python -m bench.run [--writes 3000] [--concurrency 8] [--latency-seconds 15]
+                        [--out DIR] [--data-dir DIR [--profile relay ...]]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib.metadata
 import json
@@ -26,18 +26,19 @@ import platform
 import secrets
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import psutil
+import typer
 from confluent_kafka import Consumer, TopicPartition
 from elasticsearch import AsyncElasticsearch, NotFoundError
 from rich.console import Console
@@ -311,7 +312,7 @@ class KafkaWatcher:
 # --- the run ---------------------------------------------------------------------------------
 
 
-async def run_bench(args: argparse.Namespace, data_dir: Path, console: Console) -> Results:
+async def run_bench(args: BenchConfig, data_dir: Path, console: Console) -> Results:
     results = Results(
         date=datetime.now(UTC).date().isoformat(),
         machine=machine_facts(),
@@ -475,37 +476,69 @@ def print_table(results: Results, console: Console) -> None:
         console.print(f"[yellow]{note}[/]")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--writes", type=int, default=3000, help="writes per side")
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--latency-seconds", type=float, default=15.0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
-    parser.add_argument("--data-dir", type=Path, help="keep servers' data and logs here")
-    parser.add_argument(
-        "--profile",
-        action="append",
-        default=[],
-        choices=["api", "relay", "indexer", "auth"],
-        help="run this service under pyinstrument; its report lands in DATA_DIR/<name>.profile.txt",
+class Service(StrEnum):
+    api = "api"
+    relay = "relay"
+    indexer = "indexer"
+    auth = "auth"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What one run measures (the command's options)."""
+
+    writes: int = 3000
+    concurrency: int = 8
+    latency_seconds: float = 15.0
+    profile: tuple[str, ...] = ()
+
+
+app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
+
+
+@app.command()
+def run(
+    writes: Annotated[int, typer.Option(min=1, help="Writes per side.")] = 3000,
+    concurrency: Annotated[int, typer.Option(min=1, help="Concurrent writers.")] = 8,
+    latency_seconds: Annotated[
+        float, typer.Option(min=1, help="How long the steady-rate latency phase runs.")
+    ] = 15.0,
+    out: Annotated[Path, typer.Option(help="Where <YYYY-MM-DD>.json is written.")] = Path(
+        __file__
+    ).parent,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Keep the servers' data and logs here.")
+    ] = None,
+    profile: Annotated[
+        list[Service] | None,
+        typer.Option(
+            help="Run this service under pyinstrument (repeatable); its report lands in "
+            "DATA_DIR/<name>.profile.txt."
+        ),
+    ] = None,
+) -> None:
+    """Each stage against its raw baseline, side by side, on one embedded stack."""
+    profiled = tuple(p.value for p in profile or ())
+    if profiled and data_dir is None:
+        raise typer.BadParameter(
+            "--profile needs --data-dir (the reports are written there)", param_hint="--profile"
+        )
+    config = BenchConfig(
+        writes=writes, concurrency=concurrency, latency_seconds=latency_seconds, profile=profiled
     )
-    args = parser.parse_args(argv)
-    if args.profile and not args.data_dir:
-        parser.error("--profile needs --data-dir (the reports are written there)")
     console = Console()
-    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="outbox-bench-"))
+    work_dir = data_dir or Path(tempfile.mkdtemp(prefix="outbox-bench-"))
     try:
-        results = asyncio.run(run_bench(args, data_dir, Console(stderr=True)))
+        results = asyncio.run(run_bench(config, work_dir, Console(stderr=True)))
     finally:
-        if not args.data_dir:
-            shutil.rmtree(data_dir, ignore_errors=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{results.date}.json"
+        if data_dir is None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{results.date}.json"
     path.write_text(json.dumps(asdict(results), indent=2) + "\n")
     print_table(results, console)
     console.print(f"written to {path}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app()

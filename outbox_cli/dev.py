@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 from pydantic import SecretStr
@@ -35,7 +36,6 @@ log = structlog.get_logger(__name__)
 # The embedded servers' ports; the services' come from their settings (OUTBOX_API_PORT, ...).
 SERVER_PORTS = {"mongo": 27017, "kafka": 9092, "es": 9200}
 DEV_USER = "dev"
-CREATE_ADMIN_FLAGS = ("--role", "admin", "--password-stdin")
 SERVER_WATCH_INTERVAL_S = 1.0
 
 
@@ -79,7 +79,7 @@ def _port(configured: int, free: bool) -> int:
     return free_port() if free else configured
 
 
-def _service_specs(settings: Settings) -> list[ServiceSpec]:
+def service_specs(settings: Settings) -> list[ServiceSpec]:
     env = child_env(settings_to_env(settings))
     python = [sys.executable, "-m", "outbox_cli"]
     return [
@@ -113,19 +113,35 @@ def _ensure_dev_user(settings: Settings, data_dir: Path) -> tuple[str, str] | No
         username, _, password = path.read_text().strip().partition(":")
         return username, password
     password = secrets.token_urlsafe(12)
+    error = create_user(settings, DEV_USER, password, role="admin")
+    if error is not None:
+        log.warning("dev_user_not_created", stderr=error)
+        return None
+    write_private_file(path, f"{DEV_USER}:{password}\n")
+    return DEV_USER, password
+
+
+def create_user(settings: Settings, username: str, password: str, *, role: str) -> str | None:
+    """`outbox users create` against `settings`' MongoDB; None, or why it failed."""
     result = subprocess.run(  # noqa: S603 - our own CLI
-        [sys.executable, "-m", "outbox_cli", "users", "create", DEV_USER, *CREATE_ADMIN_FLAGS],
+        [
+            sys.executable,
+            "-m",
+            "outbox_cli",
+            "users",
+            "create",
+            username,
+            "--role",
+            role,
+            "--password-stdin",
+        ],
         input=password,
         text=True,
         capture_output=True,
         env=child_env(settings_to_env(settings)),
         check=False,
     )
-    if result.returncode != 0:
-        log.warning("dev_user_not_created", stderr=result.stderr.strip()[-500:])
-        return None
-    write_private_file(path, f"{DEV_USER}:{password}\n")
-    return DEV_USER, password
+    return None if result.returncode == 0 else result.stderr.strip()[-500:]
 
 
 def write_private_file(path: Path, text: str) -> None:
@@ -160,23 +176,26 @@ async def _restart_server(server: ServerProcess) -> None:
         log.error("server_restart_failed", server=server.name, error=str(e))  # noqa: TRY400 - the message has the log tail
 
 
-async def run_dev(data_dir: Path, *, free_ports: bool, external: bool) -> None:
-    """Start everything, print the endpoints, run until cancelled, stop everything."""
-    console = Console(stderr=True)
-    base = Settings()
-    stack: EmbeddedStack | None = None
-    if not external:
-        stack = EmbeddedStack(
-            data_dir=data_dir,
-            mongo_port=_port(SERVER_PORTS["mongo"], free_ports),
-            kafka_port=_port(SERVER_PORTS["kafka"], free_ports),
-            es_port=_port(SERVER_PORTS["es"], free_ports),
-        )
-        console.print(f"starting embedded servers (data in {data_dir}) …")
-        await asyncio.to_thread(stack.start)
+class ServerAddresses(Protocol):
+    """Where the three servers answer (an `EmbeddedStack`, or URLs from elsewhere)."""
+
+    @property
+    def mongo_uri(self) -> str: ...
+
+    @property
+    def kafka_bootstrap(self) -> str: ...
+
+    @property
+    def es_url(self) -> str: ...
+
+
+def dev_settings(base: Settings, stack: ServerAddresses | None, *, free_ports: bool) -> Settings:
+    """`base` pointed at `stack`'s servers (when given), services on free ports if asked.
+
+    `outbox dev` and the pytest plugin (`outbox_pipeline.testing`) both build on it."""
     auth_port = _port(base.auth.port, free_ports)
     api_port = _port(base.api.port, free_ports)
-    settings = base.model_copy(
+    return base.model_copy(
         update={
             "mongo": base.mongo.model_copy(update={"uri": SecretStr(stack.mongo_uri)})
             if stack
@@ -201,12 +220,29 @@ async def run_dev(data_dir: Path, *, free_ports: bool, external: bool) -> None:
             ),
         }
     )
+
+
+async def run_dev(data_dir: Path, *, free_ports: bool, external: bool) -> None:
+    """Start everything, print the endpoints, run until cancelled, stop everything."""
+    console = Console(stderr=True)
+    base = Settings()
+    stack: EmbeddedStack | None = None
+    if not external:
+        stack = EmbeddedStack(
+            data_dir=data_dir,
+            mongo_port=_port(SERVER_PORTS["mongo"], free_ports),
+            kafka_port=_port(SERVER_PORTS["kafka"], free_ports),
+            es_port=_port(SERVER_PORTS["es"], free_ports),
+        )
+        console.print(f"starting embedded servers (data in {data_dir}) …")
+        await asyncio.to_thread(stack.start)
+    settings = dev_settings(base, stack, free_ports=free_ports)
     supervisor = Supervisor()
     watcher: asyncio.Task[None] | None = None
     try:
         if stack is not None:
             watcher = asyncio.create_task(_watch_servers(stack))
-        await supervisor.start(_service_specs(settings))
+        await supervisor.start(service_specs(settings))
         credentials = await asyncio.to_thread(_ensure_dev_user, settings, data_dir)
         endpoints = Endpoints(
             api_url=f"http://{settings.api.host}:{settings.api.port}",

@@ -1,28 +1,23 @@
 """Shared fixtures: one embedded server per kind per session, a fresh namespace per test.
 
 Set OUTBOX_TEST_MONGO_URI, OUTBOX_TEST_KAFKA_BOOTSTRAP and OUTBOX_TEST_ES_URL to run the
-same suite against real servers (compose.yaml) instead of the embedded stand-ins.
+same suite against real servers (compose.yaml) instead of the embedded stand-ins. The
+session's servers are the pytest plugin's `outbox_servers` (outbox_pipeline/testing.py,
+loaded through its entry point), the fixture users' own tests get too.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from hypothesis import settings as hypothesis_settings
 
 from infra.devstack import EmbeddedStack
-from infra.settings import (
-    ElasticSettings,
-    KafkaSettings,
-    LogSettings,
-    MongoSettings,
-    Settings,
-)
+from infra.settings import LogSettings, Settings
+from outbox_pipeline.testing import OutboxServers, isolated_settings
 
 # No per-example deadline: a loaded 2-core machine makes timing noise, not bugs. In CI the
 # examples are derandomized so a landing never depends on the draw; locally they vary.
@@ -39,43 +34,20 @@ pytest_plugins = [
 ]
 
 
-@dataclass(frozen=True)
-class ServerUrls:
-    mongo_uri: str
-    kafka_bootstrap: str
-    es_url: str
+# The servers and the per-test isolation come from the pytest plugin users get
+# (outbox_pipeline.testing): one copy of "embedded on free ports, or OUTBOX_TEST_*".
+ServerUrls = OutboxServers
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerUrls]:
+def servers(outbox_servers: OutboxServers) -> OutboxServers:
     """The three servers: from the environment when set, else embedded on free ports."""
-    external = (
-        os.environ.get("OUTBOX_TEST_MONGO_URI"),
-        os.environ.get("OUTBOX_TEST_KAFKA_BOOTSTRAP"),
-        os.environ.get("OUTBOX_TEST_ES_URL"),
-    )
-    if all(external):
-        yield ServerUrls(*external)  # type: ignore[arg-type]
-        return
-    stack = EmbeddedStack.on_free_ports(tmp_path_factory.mktemp("stack"), persistent=False)
-    stack.start()
-    try:
-        yield ServerUrls(stack.mongo_uri, stack.kafka_bootstrap, stack.es_url)
-    finally:
-        stack.stop()
+    return outbox_servers
 
 
 def settings_for(urls: ServerUrls, **overrides: object) -> Settings:
     """Settings isolated from every other test: own database, topics and indices."""
-    ns = f"t{uuid.uuid4().hex[:10]}"
-    return Settings(
-        env="test",
-        mongo=MongoSettings(uri=urls.mongo_uri, database=ns),
-        kafka=KafkaSettings(bootstrap=urls.kafka_bootstrap, namespace=ns, partitions=3),
-        es=ElasticSettings(url=urls.es_url, index_prefix=f"{ns}-"),
-        log=LogSettings(level="debug", format="console"),
-        **overrides,  # type: ignore[arg-type]
-    )
+    return isolated_settings(urls, log=LogSettings(level="debug", format="console"), **overrides)
 
 
 @pytest.fixture
