@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from api.document_store import IdempotencyKeyReusedError, OutcomeUnknownError
+from api.rate_limit import retry_after
 from api.validation import BodyTooLargeError, InputError, MalformedJsonError
 from api.write_rules import (
     DocumentExistsError,
@@ -116,6 +117,11 @@ class ProblemError(Exception):
 
 def unauthorized(detail: str) -> ProblemError:
     return ProblemError(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def too_many_requests(detail: str, *, type_: str, wait_s: float) -> ProblemError:
+    """A 429 whose `Retry-After` is the bucket's wait, in whole seconds (at least 1)."""
+    return ProblemError(429, detail, type_=type_, headers={"Retry-After": retry_after(wait_s)})
 
 
 def service_unavailable(detail: str) -> ProblemError:

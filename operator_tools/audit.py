@@ -87,7 +87,7 @@ from operator_tools.audit_rules import (
 )
 from operator_tools.audit_store import AuditStore, MessageRow, RecordRow
 from operator_tools.clients import OperatorClients, open_clients
-from operator_tools.progress import NoProgress, Progress
+from operator_tools.progress_display import NoProgress, Progress
 from operator_tools.status import consumer_lag_blocking
 from outbox_relay.checkpoint import CheckpointMode
 from outbox_relay.kafka_reader import read_checkpoint

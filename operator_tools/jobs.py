@@ -38,7 +38,7 @@ from pymongo.errors import PyMongoError
 
 from infra.errors import PipelineError, RetriableError
 from infra.mongo import map_mongo_error
-from operator_tools.progress import Progress
+from operator_tools.progress_display import Progress
 
 log = structlog.get_logger(__name__)
 

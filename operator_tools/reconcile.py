@@ -37,7 +37,7 @@ from infra.errors import FatalError
 from infra.index_layout import DELETED_FIELD, ID_FIELD, VERSION_FIELD
 from infra.naming import is_document_collection
 from operator_tools.clients import OperatorClients
-from operator_tools.progress import NoProgress, Progress
+from operator_tools.progress_display import NoProgress, Progress
 from operator_tools.reemitter import KafkaReemitter, replay_of
 
 log = structlog.get_logger(__name__)

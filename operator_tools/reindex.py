@@ -37,7 +37,7 @@ from infra.errors import FatalError
 from infra.index_layout import index_mapping, next_index_name
 from infra.index_limits import index_limits
 from operator_tools.clients import OperatorClients
-from operator_tools.progress import NoProgress, Progress
+from operator_tools.progress_display import NoProgress, Progress
 from operator_tools.reconcile import synthesized_record
 
 log = structlog.get_logger(__name__)

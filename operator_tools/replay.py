@@ -20,7 +20,7 @@ import structlog
 
 from infra.envelope import KafkaMessage, OutboxRecord
 from operator_tools.clients import OperatorClients
-from operator_tools.progress import NoProgress, Progress
+from operator_tools.progress_display import NoProgress, Progress
 from operator_tools.reemitter import KafkaReemitter, replay_of
 from operator_tools.throttle import RateLimiter
 

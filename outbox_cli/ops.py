@@ -73,7 +73,7 @@ class _RateColumn(ProgressColumn):
 
 
 class RichProgress:
-    """`operator_tools.progress.Progress` as a rich bar on stderr (rate and ETA)."""
+    """`operator_tools.progress_display.Progress` as a rich bar on stderr (rate and ETA)."""
 
     def __init__(self, progress: Progress) -> None:
         self._progress = progress

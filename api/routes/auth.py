@@ -22,8 +22,8 @@ from api.deps import (
     PrincipalDep,
     SettingsDep,
 )
-from api.problems import ProblemError, problem_responses
-from api.rate_limit import TokenBuckets, retry_after
+from api.problems import ProblemError, problem_responses, too_many_requests
+from api.rate_limit import TokenBuckets
 from api.request_body import read_limited_body
 from api.schemas import TokenRequest, TokenResponse
 
@@ -110,11 +110,10 @@ async def issue_token(
     failures: TokenBuckets = request.app.state.login_failures
     wait = failures.wait_s(client)
     if wait is not None:
-        raise ProblemError(
-            429,
+        raise too_many_requests(
             "too many failed logins from this address; try again later",
             type_="login-throttled",
-            headers={"Retry-After": retry_after(wait)},
+            wait_s=wait,
         )
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     raw = await read_limited_body(request, settings.api.max_body_bytes)

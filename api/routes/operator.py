@@ -34,7 +34,7 @@ from operator_tools import dlq_ops
 from operator_tools.clients import OperatorClients
 from operator_tools.freshness import DEFAULT_BUCKET_S, DEFAULT_WINDOW_S, freshness
 from operator_tools.jobs import JOB_ID_PATTERN, JobKind, JobRunner, Work
-from operator_tools.progress import Progress
+from operator_tools.progress_display import Progress
 from operator_tools.reconcile import reconcile
 from operator_tools.replay import ReplayFilter, ReplayRequestError, replay
 from operator_tools.status import status

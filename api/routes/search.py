@@ -22,8 +22,8 @@ from api.deps import (
     ReaderDep,
     SettingsDep,
 )
-from api.problems import ProblemError, problem_responses, service_unavailable
-from api.rate_limit import TokenBuckets, retry_after
+from api.problems import ProblemError, problem_responses, service_unavailable, too_many_requests
+from api.rate_limit import TokenBuckets
 from api.search_adapter import ElasticsearchSearcher, SearchUnavailableError
 from api.search_query import (
     DEFAULT_SIZE,
@@ -143,11 +143,8 @@ async def search(
     limits: TokenBuckets = request.app.state.search_limits
     wait = limits.take(client)
     if wait is not None:
-        raise ProblemError(
-            429,
-            "too many searches from this address; slow down",
-            type_="rate-limited",
-            headers={"Retry-After": retry_after(wait)},
+        raise too_many_requests(
+            "too many searches from this address; slow down", type_="rate-limited", wait_s=wait
         )
     if after:
         try:

@@ -28,7 +28,7 @@ from operator_tools.audit import (
     stored_state,
 )
 from operator_tools.audit_rules import content_digest
-from operator_tools.progress import NoProgress
+from operator_tools.progress_display import NoProgress
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 WINDOW = AuditWindow(

@@ -12,7 +12,7 @@ import pytest
 
 from infra.errors import RetriableError
 from operator_tools.jobs import STALE_AFTER_S, Job, JobKind, JobRunner, JobState
-from operator_tools.progress import Progress
+from operator_tools.progress_display import Progress
 
 
 class MemoryJobStore:
