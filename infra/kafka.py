@@ -343,7 +343,7 @@ def read_to_end(
                     for (t, p), end in sorted(pending.items())
                 )
                 raise RetriableError(
-                    f"reading back Kafka made no progress for {idle_timeout_s:.0f}s: {stuck} "
+                    f"reading back Kafka made no progress for {idle_timeout_s:g}s: {stuck} "
                     "(an open transaction of another producer holds them back)"
                 )
     except KafkaException as e:

@@ -58,6 +58,7 @@ from infra.envelope import (
     parse_time,
     utc_now,
 )
+from infra.errors import RetriableError
 from infra.index_layout import (
     COMMITTED_AT_FIELD,
     DELETED_FIELD,
@@ -66,7 +67,13 @@ from infra.index_layout import (
     VERSION_FIELD,
 )
 from infra.index_layout import is_tombstone as is_index_tombstone
-from infra.kafka import ReadMessage, read_to_end, topic_names, topic_partitions
+from infra.kafka import (
+    READ_IDLE_TIMEOUT_S,
+    ReadMessage,
+    read_to_end,
+    topic_names,
+    topic_partitions,
+)
 from infra.settings import Settings
 from operator_tools.audit_rules import (
     DRIFT_KINDS,
@@ -474,10 +481,13 @@ def _load_kafka_blocking(
     *,
     progress: Progress,
     stop: threading.Event,
+    read_timeout_s: float,
 ) -> None:
     progress.start("reading Kafka", None)
     parts = topic_partitions(settings.kafka, topics)
-    messages = read_to_end(settings.kafka, parts, purpose="audit", since=since)
+    messages = read_to_end(
+        settings.kafka, parts, purpose="audit", since=since, idle_timeout_s=read_timeout_s
+    )
     batch: list[MessageRow] = []
     for message in _paced(messages, progress, stop):
         batch.append(message_row(message))
@@ -717,11 +727,14 @@ async def audit(
     grace: timedelta = DEFAULT_GRACE,
     settled: bool = False,
     progress: Progress | None = None,
+    read_timeout_s: float = READ_IDLE_TIMEOUT_S,
 ) -> AuditReport:
     """Audit the outbox records of the last `since` (default: everything retained).
 
     `settled=True` is for a pipeline known to be idle: every record must be in Kafka
-    and every document indexed, so what a live audit calls pending is a problem.
+    and every document indexed, so what a live audit calls pending is a problem. Reading
+    Kafka raises `RetriableError` when it made no progress for `read_timeout_s` (another
+    producer's transaction open all that time).
     """
     progress = progress or NoProgress()
     started = time.monotonic()
@@ -778,6 +791,7 @@ async def audit(
             start - CLOCK_MARGIN,
             progress=progress,
             stop=worker.stop,
+            read_timeout_s=read_timeout_s,
         )
         await load_late_records(clients, store, judging, collection)
         prefix = settings.kafka.event_topic("")
@@ -819,11 +833,17 @@ async def audit(
 
 
 async def audit_when_idle(
-    settings: Settings, *, timeout_s: float, settle_s: float = 20.0, interval_s: float = 2.0
+    settings: Settings,
+    *,
+    timeout_s: float,
+    settle_s: float = 20.0,
+    interval_s: float = 2.0,
+    read_timeout_s: float = READ_IDLE_TIMEOUT_S,
 ) -> AuditReport:
     """Audit until the views agree, or until nothing moved for `settle_s`, or `timeout_s`.
 
-    Every audit is a settled one (nothing may be pending). An agreeing audit ends the
+    Every audit is a settled one (nothing may be pending). A read of Kafka held back by
+    an open transaction is tried again until `timeout_s`. An agreeing audit ends the
     wait at once: the pipeline is idle and correct. Otherwise the last report is returned
     once the pipeline stopped moving (a real loss or drift) or the time is up (the
     pipeline is stuck, which the report shows as pending or drift).
@@ -833,7 +853,17 @@ async def audit_when_idle(
     previous: tuple[int, ...] | None = None
     async with open_clients(settings, app_name="outbox-audit") as clients:
         while True:
-            report = await audit(clients, settled=True)
+            try:
+                report = await audit(clients, settled=True, read_timeout_s=read_timeout_s)
+            except RetriableError as e:
+                # A relay restarting (or its lease lost under load) can hold a transaction
+                # open longer than one read waits: not idle yet. A transaction nobody
+                # resolves still fails the wait, at `timeout_s`.
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("audit_waiting_for_kafka", error=str(e))
+                await asyncio.sleep(interval_s)
+                continue
             if report.ok:
                 return report
             now = time.monotonic()

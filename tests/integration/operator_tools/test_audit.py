@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
+from uuid import uuid4
+
+from confluent_kafka import Producer
 
 from infra.envelope import CE_ID, CE_TIME, EventType, OutboxRecord, new_event_id, utc_now
 from infra.index_layout import source_for
@@ -371,3 +375,29 @@ async def test_a_recovering_relays_position_is_where_its_recovery_started(
     await writer.send_raw([(topic, recovering.kafka_key(), recovering.kafka_value(), [])])
 
     assert await relay_position(pipeline.clients) == started_from
+
+
+async def test_audit_when_idle_waits_out_a_transaction_held_open_past_the_read_timeout(
+    pipeline: Pipeline,
+) -> None:
+    """A relay restarting under load can hold a transaction open longer than one read waits:
+    the harness's idle wait keeps auditing until it resolves instead of failing the run."""
+    await _running(pipeline, "books")
+    settings = pipeline.settings
+    producer = Producer(
+        {"bootstrap.servers": settings.kafka.bootstrap, "transactional.id": f"{uuid4().hex}"}
+    )
+    await asyncio.to_thread(producer.init_transactions, 10)
+    producer.begin_transaction()
+    producer.produce(settings.kafka.event_topic("books"), key=b"x", value=b"not an event")
+    await asyncio.to_thread(producer.flush, 10)
+
+    waiting = asyncio.create_task(
+        audit_when_idle(settings, timeout_s=60, settle_s=30, interval_s=0.2, read_timeout_s=0.5)
+    )
+    await asyncio.sleep(2.0)  # the fault itself: longer than a few reads' timeout
+    assert not waiting.done(), waiting.result()
+    await asyncio.to_thread(producer.abort_transaction, 10)
+    report = await asyncio.wait_for(waiting, 60)
+
+    assert report.ok, report.details()
