@@ -11,7 +11,10 @@ parked collections `outbox status` names) and `judge` compares the two:
 - **dlq**: every poison event is in the DLQ exactly once, and nothing else is;
 - **parked**: `outbox status` names exactly the collections that must stay parked (the
   load's collections never are, so they were indexed while the hostile ones waited);
-- **refused**: the API answered 422 to every document past a limit.
+- **refused**: the API answered 422 to every document past a limit;
+- **bulks**: no bulk request of the indexer went over its byte cap (its
+  `outbox_indexer_bulk_bytes` histogram, the cap one of its bucket bounds), while the mix
+  wrote a batch of several times the cap: the cap split it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from elasticsearch import NotFoundError
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.hostile_writer import HostileExpectations, HostileWriter
 from operator_tools.clients import OperatorClients
@@ -72,6 +77,8 @@ class HostileVerdict:
     parked_expected: tuple[str, ...]
     refused_wrong: tuple[str, ...]  # over-limit bodies the API did not answer 422
     error: str = ""  # the hostile writer itself failed
+    bulks: int = 0  # bulk requests the running indexer sent
+    bulks_over_cap: int = 0  # of those, larger than the byte cap
 
     @property
     def ok(self) -> bool:
@@ -83,6 +90,7 @@ class HostileVerdict:
             and self.dlq_unexpected == 0
             and self.parked == self.parked_expected
             and not self.refused_wrong
+            and self.bulks_over_cap == 0
         )
 
     def summary(self) -> str:
@@ -92,7 +100,8 @@ class HostileVerdict:
         line = (
             f"hostile: dlq={self.dlq_once}/{self.dlq_expected} repeated={self.dlq_repeated} "
             f"unexpected={self.dlq_unexpected} parked={parked} "
-            f"exact={self.exact}/{self.collections}"
+            f"exact={self.exact}/{self.collections} "
+            f"bulks_over_cap={self.bulks_over_cap}/{self.bulks}"
         )
         if self.parked != self.parked_expected:
             line += f" (expected parked={','.join(self.parked_expected) or 'none'})"
@@ -101,6 +110,41 @@ class HostileVerdict:
         if self.refused_wrong:
             line += f" not_refused={','.join(self.refused_wrong)}"
         return line
+
+
+BULK_BYTES_METRIC = "outbox_indexer_bulk_bytes"
+
+
+def bulks_over_cap(metrics_text: str, cap: int) -> tuple[int, int]:
+    """(bulk requests, those over `cap` bytes) from the indexer's `/metrics` text.
+
+    `cap` must be one of the histogram's bucket bounds, or the count cannot be read.
+    """
+    total: float | None = None
+    within: float | None = None
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != BULK_BYTES_METRIC:
+            continue
+        for sample in family.samples:
+            if sample.name == f"{BULK_BYTES_METRIC}_count":
+                total = sample.value
+            elif sample.name == f"{BULK_BYTES_METRIC}_bucket" and float(
+                sample.labels["le"]
+            ) == float(cap):
+                within = sample.value
+    if total is None:
+        raise ValueError(f"no {BULK_BYTES_METRIC} histogram in the metrics")
+    if within is None:
+        raise ValueError(f"{cap} is not a bucket bound of {BULK_BYTES_METRIC}")
+    return int(total), int(total - within)
+
+
+async def indexer_bulks(metrics_port: int, cap: int) -> tuple[int, int]:
+    """`bulks_over_cap` of the indexer answering on `metrics_port`."""
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        response = await client.get(f"http://127.0.0.1:{metrics_port}/metrics")
+    response.raise_for_status()
+    return bulks_over_cap(response.text, cap)
 
 
 def expected_index(mongo: State, poison: Mapping[str, int | None]) -> State:
@@ -121,7 +165,11 @@ def mismatches(mongo: State, index: State, poison: Mapping[str, int | None]) -> 
 
 
 def judge(
-    expect: HostileExpectations, observed: HostileObserved, *, error: str = ""
+    expect: HostileExpectations,
+    observed: HostileObserved,
+    *,
+    error: str = "",
+    bulks: tuple[int, int] = (0, 0),
 ) -> HostileVerdict:
     """Compare what the hostile mix expects with what the pipeline shows."""
     poisons: dict[str, Mapping[str, int | None]] = {c: {} for c in expect.clean}
@@ -149,6 +197,8 @@ def judge(
             sorted(name for name, code in expect.refused.items() if code != REFUSED_STATUS)
         ),
         error=error,
+        bulks=bulks[0],
+        bulks_over_cap=bulks[1],
     )
 
 

@@ -53,6 +53,7 @@ from faults.hostile import (
     HostileObserved,
     HostileVerdict,
     PatientHostileWriter,
+    indexer_bulks,
     judge,
     judge_when_settled,
 )
@@ -195,7 +196,10 @@ def skewed_clocks(offset_s: float, *, short: bool = False) -> FaultConfig:
     )
 
 
-HOSTILE_BULK_MAX_BYTES = 512 * 1024
+# Above one of the mix's 200 kB documents, under two: its batch (4 of them) cannot go out
+# in one request. A bucket bound of the indexer's bulk-bytes histogram, so that
+# `faults.hostile.bulks_over_cap` can tell that no request went over it.
+HOSTILE_BULK_MAX_BYTES = 256 * 1024
 HOSTILE_LOAD_COLLECTIONS = ("novels", "writers")  # none of bench.hostile_writer's
 
 
@@ -204,7 +208,7 @@ def hostile_writer(*, short: bool = False) -> FaultConfig:
 
     The load writes collections of its own, and only those are audited: the hostile
     collections hold poison and a parked collection by design, checked by `faults.hostile`.
-    The small byte cap makes the mix's batch (1.5 times the cap) go out in several bulks.
+    The small byte cap makes the mix's batch (several times the cap) go out in several bulks.
     """
     return replace(
         kills(short=short),
@@ -587,6 +591,15 @@ async def run_faults(
                         clients, expect, timeout_s=HOSTILE_SETTLE_TIMEOUT_S
                     )
                 )
+                if config.bulk_max_bytes is not None and not hostile_error:
+                    try:
+                        bulks = await indexer_bulks(
+                            pipeline.settings.indexer.metrics_port, config.bulk_max_bytes
+                        )
+                    except (httpx.HTTPError, ValueError) as e:
+                        verdict = replace(verdict, error=f"reading the indexer's metrics: {e}")
+                    else:
+                        verdict = replace(verdict, bulks=bulks[0], bulks_over_cap=bulks[1])
                 console.log(f"[{config.name}] {verdict.summary()}")
     finally:
         stop.set()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
 from bench.hostile_writer import HostileExpectations
-from faults.hostile import HostileObserved, expected_index, judge, mismatches
+from faults.hostile import HostileObserved, bulks_over_cap, expected_index, judge, mismatches
 
 
 def expectations() -> HostileExpectations:
@@ -40,7 +43,7 @@ def test_every_check_holding_passes_and_prints_the_counts() -> None:
     verdict = judge(expectations(), observed())
     assert verdict.ok
     assert verdict.summary() == (
-        "hostile: dlq=2/2 repeated=0 unexpected=0 parked=books-v1 exact=3/3"
+        "hostile: dlq=2/2 repeated=0 unexpected=0 parked=books-v1 exact=3/3 bulks_over_cap=0/0"
     )
 
 
@@ -57,7 +60,7 @@ def test_a_clean_collection_behind_mongodb_fails_naming_the_document() -> None:
     assert not verdict.ok
     assert verdict.exact == 2
     assert verdict.mismatched == ("bulk/big0",)
-    assert "exact=2/3 mismatched=bulk/big0" in verdict.summary()
+    assert "exact=2/3 bulks_over_cap=0/0 mismatched=bulk/big0" in verdict.summary()
 
 
 def test_a_poison_version_indexed_fails() -> None:
@@ -106,3 +109,33 @@ def test_a_hostile_writer_that_failed_fails_with_its_error() -> None:
     verdict = judge(HostileExpectations(), HostileObserved(), error="AssertionError: boom")
     assert not verdict.ok
     assert verdict.summary() == "hostile: FAILED AssertionError: boom"
+
+
+def test_a_bulk_over_the_byte_cap_fails() -> None:
+    verdict = judge(expectations(), observed(), bulks=(40, 1))
+    assert not verdict.ok
+    assert "bulks_over_cap=1/40" in verdict.summary()
+
+
+def metrics_text(cap: int, within: int, total: int) -> str:
+    registry = CollectorRegistry()
+    histogram = Histogram(
+        "outbox_indexer_bulk_bytes", "bulk bytes", buckets=(65536.0, float(cap)), registry=registry
+    )
+    for _ in range(within):
+        histogram.observe(cap - 1)
+    for _ in range(total - within):
+        histogram.observe(cap + 1)
+    return generate_latest(registry).decode()
+
+
+def test_bulks_over_the_cap_are_read_from_the_indexer_histogram() -> None:
+    assert bulks_over_cap(metrics_text(262144, 7, 7), 262144) == (7, 0)
+    assert bulks_over_cap(metrics_text(262144, 5, 7), 262144) == (7, 2)
+
+
+def test_a_cap_that_is_no_bucket_bound_cannot_be_read() -> None:
+    with pytest.raises(ValueError, match="not a bucket bound"):
+        bulks_over_cap(metrics_text(262144, 1, 1), 300_000)
+    with pytest.raises(ValueError, match="no outbox_indexer_bulk_bytes"):
+        bulks_over_cap("", 262144)

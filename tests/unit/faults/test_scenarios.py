@@ -12,6 +12,7 @@ from bench import hostile_writer
 from faults.cli import configs
 from faults.scenarios import SCENARIOS, combined_report
 from faults.scenarios import hostile_writer as hostile_config
+from indexer.metrics import BULK_BYTES_BUCKETS
 from operator_tools.audit import AuditReport, AuditWindow, DriftCounts
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -66,14 +67,15 @@ def test_the_hostile_scenario_audits_only_its_load_whose_collections_are_its_own
     assert config.indexer_kills > 0
 
 
-def test_the_hostile_scenario_byte_cap_splits_the_mix_batch_into_several_bulks() -> None:
-    """`hostile_writes` writes 1.5 times `over_bytes` of documents in one go: with a cap
-    above one document (200 kB by default) that batch goes out in several bulks, not in
-    one request per document; well under the 10 MiB default, so the run stays short."""
+def test_the_hostile_scenario_byte_cap_splits_the_mix_batch_and_can_be_checked() -> None:
+    """`hostile_writes` writes at least four 200 kB documents in one go: a cap above one
+    and under two of them cannot send that batch in one request; the cap is a bucket
+    bound of the indexer's bulk-bytes histogram, so a request over it shows there."""
     config = hostile_config()
     assert config.bulk_max_bytes is not None
     doc_bytes = inspect.signature(hostile_writer.hostile_writes).parameters["doc_bytes"].default
-    assert 2 * doc_bytes < config.bulk_max_bytes < 1024 * 1024
+    assert doc_bytes < config.bulk_max_bytes < 2 * doc_bytes
+    assert float(config.bulk_max_bytes) in BULK_BYTES_BUCKETS
 
 
 def test_combined_report_sums_counts_and_keeps_every_example() -> None:
