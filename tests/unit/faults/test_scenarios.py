@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import inspect
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from bench import hostile_writer
+from bench.hostile_writer import HostileExpectations
+from bench.load import LoadStats
 from faults.cli import configs
-from faults.scenarios import SCENARIOS, combined_report
+from faults.hostile import HostileObserved, HostileVerdict, judge
+from faults.scenarios import SCENARIOS, FaultResult, combined_report
 from faults.scenarios import hostile_writer as hostile_config
 from indexer.metrics import BULK_BYTES_BUCKETS
 from operator_tools.audit import AuditReport, AuditWindow, DriftCounts
@@ -110,3 +114,24 @@ def test_combined_clean_reports_are_ok() -> None:
     combined = combined_report([report("novels"), report("writers")], ["novels", "writers"])
     assert combined.ok
     assert combined.summary().startswith("lost=0 duplicated=0 drift=0 misordered=0")
+
+
+def test_a_failed_hostile_check_fails_the_scenario_line_despite_a_clean_audit() -> None:
+    config = hostile_config()
+    clean = report("novels,writers")
+    passed = FaultResult(config=config, load=LoadStats(), audit=clean, hostile=verdict(ok=True))
+    assert passed.ok
+    assert "faults PASS" in passed.summary()
+    assert "| hostile: dlq=1/1 repeated=0" in passed.summary()
+    failed = FaultResult(config=config, load=LoadStats(), audit=clean, hostile=verdict(ok=False))
+    assert not failed.ok
+    assert failed.summary().startswith(
+        "hostile-writer: faults FAIL: lost=0 duplicated=0 drift=0 misordered=0"
+    )
+    assert "| hostile: dlq=0/1 repeated=1" in failed.summary()
+
+
+def verdict(*, ok: bool) -> HostileVerdict:
+    expect = HostileExpectations(dead_letters=Counter({"e1": 1}))
+    seen = HostileObserved(dead_letters=Counter({"e1": 1 if ok else 2}))
+    return judge(expect, seen)
