@@ -15,6 +15,10 @@ one line, `<scenario>: faults PASS|FAIL: lost=N duplicated=N drift=N misordered=
 - `split-relays`: two relay names over disjoint collections, both SIGKILLed repeatedly;
   one is also killed inside a commit (while a transaction of its is open) as the other
   restarts, which must commit again at once, not wait for that transaction.
+- `hostile-writer`: relay and indexer SIGKILLs while, beside the load (on collections of
+  its own), `bench.hostile_writer` writes the mix that once stopped the indexer for
+  everyone (issue 11) under a small bulk byte cap. The audit covers the load's
+  collections only; the hostile mix's own checks (`faults.hostile`) are judged after.
 - `skewed-clocks`: the API's clock (which stamps record times today) 2 s ahead of the
   relay's and MongoDB's, then 2 s behind, with history losses, so that recovery windows
   and Kafka timestamps disagree by the skew.
@@ -28,25 +32,38 @@ import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import httpx
 from confluent_kafka import IsolationLevel, KafkaException
 from confluent_kafka.admin import OffsetSpec
+from elasticsearch import ApiError, TransportError
 from pymongo.errors import PyMongoError
 from rich.console import Console
 
+from bench.hostile_writer import HostileExpectations, hostile_writes
 from bench.load import LoadStats, MixedLoad, api_client
 from bench.pipeline import Pipeline, ServiceProcess
 from faults.clock import skewed_clock_env
+from faults.hostile import (
+    HostileObserved,
+    HostileVerdict,
+    PatientHostileWriter,
+    indexer_bulks,
+    judge,
+    judge_when_settled,
+)
 from infra.devstack import free_port
 from infra.errors import PipelineError
 from infra.kafka import admin_client, topic_partitions
 from infra.mongo import mongo_client
 from infra.settings import Settings
-from operator_tools.audit import AuditReport, audit_when_idle
+from operator_tools.audit import AuditReport, DriftCounts, audit, audit_when_idle
+from operator_tools.clients import OperatorClients, open_clients
 from outbox_relay.kafka_reader import read_checkpoint
 
 Step = Callable[[], Awaitable[None]]
@@ -85,6 +102,9 @@ class FaultConfig:
     # the restarted indexer may wait that long for the group to drop its dead predecessor.
     settle_s: float = 60.0
     seed: int = 1
+    hostile: bool = False  # the hostile writer (`faults.hostile`) beside the load
+    bulk_max_bytes: int | None = None  # the indexer's bulk byte cap; None: the default
+    audited: tuple[str, ...] = ()  # the collections the audit covers; (): every one
 
     @property
     def kills(self) -> int:
@@ -176,6 +196,36 @@ def skewed_clocks(offset_s: float, *, short: bool = False) -> FaultConfig:
     )
 
 
+# Above one of the mix's 200 kB documents, under two: its batch (4 of them) cannot go out
+# in one request. A bucket bound of the indexer's bulk-bytes histogram, so that
+# `faults.hostile.bulks_over_cap` can tell that no request went over it.
+HOSTILE_BULK_MAX_BYTES = 256 * 1024
+HOSTILE_LOAD_COLLECTIONS = ("novels", "writers")  # none of bench.hostile_writer's
+
+
+def hostile_writer(*, short: bool = False) -> FaultConfig:
+    """Relay and indexer SIGKILLs while the hostile mix runs beside the load.
+
+    The load writes collections of its own, and only those are audited: the hostile
+    collections hold poison and a parked collection by design, checked by `faults.hostile`.
+    The small byte cap makes the mix's batch (several times the cap) go out in several bulks.
+    """
+    return replace(
+        kills(short=short),
+        name="hostile-writer",
+        min_writes=300 if short else 1500,
+        collections=HOSTILE_LOAD_COLLECTIONS,
+        audited=HOSTILE_LOAD_COLLECTIONS,
+        relay_kills=3 if short else 6,
+        indexer_kills=3 if short else 6,
+        second_relay_s=0.0,
+        kafka_es_restarts=0,
+        mongo_restarts=0,
+        hostile=True,
+        bulk_max_bytes=HOSTILE_BULK_MAX_BYTES,
+    )
+
+
 SCENARIOS: dict[str, Callable[..., list[FaultConfig]]] = {
     "kills": lambda short=False: [kills(short=short)],
     "history-loss": lambda short=False: [history_loss(short=short)],
@@ -184,6 +234,7 @@ SCENARIOS: dict[str, Callable[..., list[FaultConfig]]] = {
         skewed_clocks(+2.0, short=short),
         skewed_clocks(-2.0, short=short),
     ],
+    "hostile-writer": lambda short=False: [hostile_writer(short=short)],
 }
 
 
@@ -198,17 +249,20 @@ class FaultResult:
     stalled: int = 0  # a relay that did not resume beside another's open transaction
     elapsed_s: float = 0.0
     log_excerpts: list[str] = field(default_factory=list)
+    hostile: HostileVerdict | None = None  # the hostile writer's checks, when it ran
 
     @property
     def ok(self) -> bool:
-        return self.audit.ok and self.stalled == 0
+        hostile_ok = self.hostile is None or self.hostile.ok
+        return self.audit.ok and self.stalled == 0 and hostile_ok
 
     def summary(self) -> str:
         faults = " ".join(f"{k}={v}" for k, v in sorted(self.faults.items()))
         verdict = "PASS" if self.ok else "FAIL"
         stalled = f" stalled={self.stalled}" if self.config.commit_kills else ""
+        hostile = f" | {self.hostile.summary()}" if self.hostile is not None else ""
         return (
-            f"{self.config.name}: faults {verdict}: {self.audit.summary()}{stalled} | "
+            f"{self.config.name}: faults {verdict}: {self.audit.summary()}{stalled}{hostile} | "
             f"{self.load.summary()} | injected: {faults} | {self.elapsed_s:.0f}s"
         )
 
@@ -452,6 +506,10 @@ def build_pipeline(config: FaultConfig, data_dir: Path) -> Pipeline:
         )
         settings = settings.model_copy(update={"relay": relay})
         pipeline.settings = settings
+    if config.bulk_max_bytes is not None:
+        indexer = settings.indexer.model_copy(update={"bulk_max_bytes": config.bulk_max_bytes})
+        settings = settings.model_copy(update={"indexer": indexer})
+        pipeline.settings = settings
     pipeline.mongo_env = skewed_clock_env(config.mongo_clock_s)
     pipeline.add_service("auth", "auth")
     pipeline.add_service("api", "api", env=skewed_clock_env(config.api_clock_s))
@@ -482,7 +540,13 @@ async def run_faults(
             if config.prune_every_s
             else stop.wait()
         )
-        async with api_client(pipeline.api_url, token, concurrency=config.concurrency) as http:
+        async with (
+            api_client(pipeline.api_url, token, concurrency=config.concurrency) as http,
+            open_clients(pipeline.settings, app_name="faults-hostile") as clients,
+        ):
+            hostile = asyncio.create_task(
+                run_hostile(config, pipeline.settings, http, token, clients)
+            )
             load = MixedLoad(
                 http,
                 collections=config.collections,
@@ -496,15 +560,47 @@ async def run_faults(
                 await asyncio.sleep(config.tail_s)
                 while load.stats.committed < config.min_writes and not load_task.done():  # noqa: ASYNC110 - polls a counter, not an event
                     await asyncio.sleep(0.2)
+                expect, hostile_error = await hostile  # the load runs until it is through
             finally:
                 stop.set()
                 stats = await load_task
                 await pruner
-        console.log(f"[{config.name}] load done: {stats.summary()}; waiting for idle")
-        _ensure_running(pipeline, console)
-        report = await audit_when_idle(
-            pipeline.settings, timeout_s=config.idle_timeout_s, settle_s=config.settle_s
-        )
+                if not hostile.done():
+                    hostile.cancel()
+            console.log(f"[{config.name}] load done: {stats.summary()}; waiting for idle")
+            _ensure_running(pipeline, console)
+            if config.audited:
+                report = await audit_collections_when_idle(
+                    clients,
+                    config.audited,
+                    timeout_s=config.idle_timeout_s,
+                    settle_s=config.settle_s,
+                )
+            else:
+                report = await audit_when_idle(
+                    pipeline.settings, timeout_s=config.idle_timeout_s, settle_s=config.settle_s
+                )
+            verdict: HostileVerdict | None = None
+            if config.hostile:
+                # Checked while the load's collections are known to be indexed: the hostile
+                # collections' state then, with `books-v1` still parked.
+                verdict = (
+                    judge(expect, HostileObserved(), error=hostile_error)
+                    if hostile_error
+                    else await judge_when_settled(
+                        clients, expect, timeout_s=HOSTILE_SETTLE_TIMEOUT_S
+                    )
+                )
+                if config.bulk_max_bytes is not None and not hostile_error:
+                    try:
+                        bulks = await indexer_bulks(
+                            pipeline.settings.indexer.metrics_port, config.bulk_max_bytes
+                        )
+                    except (httpx.HTTPError, ValueError) as e:
+                        verdict = replace(verdict, error=f"reading the indexer's metrics: {e}")
+                    else:
+                        verdict = replace(verdict, bulks=bulks[0], bulks_over_cap=bulks[1])
+                console.log(f"[{config.name}] {verdict.summary()}")
     finally:
         stop.set()
         await pipeline.stop()
@@ -515,10 +611,100 @@ async def run_faults(
         faults=injector.done,
         stalled=injector.stalled,
         elapsed_s=time.monotonic() - started,
+        hostile=verdict,
     )
     if not result.ok:
         result.log_excerpts = log_excerpts(data_dir)
     return result
+
+
+HOSTILE_SETTLE_TIMEOUT_S = 90.0
+
+
+async def run_hostile(
+    config: FaultConfig,
+    settings: Settings,
+    http: httpx.AsyncClient,
+    token: str,
+    clients: OperatorClients,
+) -> tuple[HostileExpectations, str]:
+    """The hostile mix when `config.hostile`: its expectations, and what failed, if it did."""
+    if not config.hostile:
+        return HostileExpectations(), ""
+    writer = PatientHostileWriter(
+        api=http, headers={"Authorization": f"Bearer {token}"}, settings=settings, es=clients.es
+    )
+    try:
+        return await hostile_writes(writer, over_bytes=settings.indexer.bulk_max_bytes), ""
+    except (AssertionError, httpx.HTTPError, KafkaException, ApiError, TransportError) as e:
+        return HostileExpectations(), f"{type(e).__name__}: {e}"[:300]
+
+
+def combined_report(reports: Sequence[AuditReport], collections: Sequence[str]) -> AuditReport:
+    """One report from per-collection audits: counts summed, examples and notes joined."""
+    if not reports:
+        raise ValueError("no audit to combine")
+    first = reports[0]
+    window = replace(first.window, collection=",".join(collections))
+    examples: dict[str, list[Any]] = {}
+    for report in reports:
+        for kind, shown in report.examples.items():
+            examples.setdefault(kind, []).extend(shown)
+    drift = DriftCounts(
+        **{kind: sum(r.drift.as_dict()[kind] for r in reports) for kind in first.drift.as_dict()}
+    )
+    summed = {
+        name: sum(getattr(r, name) for r in reports)
+        for name in (
+            "outbox_records",
+            "kafka_messages",
+            "documents",
+            "indexed_documents",
+            "lost",
+            "extra_copies",
+            "unknown_events",
+            "misordered",
+            "replayed",
+            "pending",
+            "unindexed",
+            "recovered",
+            "outside_window",
+        )
+    }
+    return AuditReport(
+        window=window,
+        drift=drift,
+        examples={k: tuple(v) for k, v in examples.items()},
+        notes=tuple(dict.fromkeys(n for r in reports for n in r.notes)),
+        read_s=sum(r.read_s for r in reports),
+        **summed,
+    )
+
+
+async def audit_collections_when_idle(
+    clients: OperatorClients,
+    collections: Sequence[str],
+    *,
+    timeout_s: float,
+    settle_s: float,
+    interval_s: float = 2.0,
+) -> AuditReport:
+    """`audit_when_idle` over `collections` only: one settled audit each, combined."""
+    deadline = time.monotonic() + timeout_s
+    last_change = time.monotonic()
+    previous: tuple[int, ...] | None = None
+    while True:
+        report = combined_report(
+            [await audit(clients, settled=True, collection=c) for c in collections], collections
+        )
+        if report.ok:
+            return report
+        now = time.monotonic()
+        if report.fingerprint() != previous:
+            previous, last_change = report.fingerprint(), now
+        if now - last_change >= settle_s or now >= deadline:
+            return report
+        await asyncio.sleep(interval_s)
 
 
 def log_excerpts(data_dir: Path, per_service: int = 6) -> list[str]:
