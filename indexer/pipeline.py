@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -103,6 +103,8 @@ LOG_CHUNK = 50
 REPORT_RETRY_S = 5.0
 # A collection whose index is missing again right after being created this often is parked.
 MAX_INDEX_RECREATIONS = 3
+# How many dead-lettered messages the indexer remembers (by partition and offset).
+DEAD_LETTER_MEMORY = 100_000
 # Answers to a whole bulk request that say "smaller": split the request and send again.
 _SPLIT_STATUSES = frozenset({400, 413})
 
@@ -160,6 +162,30 @@ def _describe(messages: Iterable[ConsumedMessage]) -> list[str]:
     return [f"{t}[{p}]@{low}-{high}" for (t, p), (low, high) in sorted(ranges.items())]
 
 
+class DeadLetterMemory:
+    """The messages this process has dead-lettered, by partition and offset (bounded).
+
+    A rebalance while a batch is being dead-lettered hands its partitions over before the
+    offsets are committed, so the same messages come back (to this consumer, on the
+    embedded stand-in every time, whose coordinator ends the old generation at once).
+    Elasticsearch absorbs a repeated event (external versions); the DLQ would hold a second
+    copy, so a message remembered here is acknowledged without being written again.
+    """
+
+    def __init__(self, capacity: int = DEAD_LETTER_MEMORY) -> None:
+        self._capacity = capacity
+        self._seen: OrderedDict[tuple[TopicPartitionKey, int], None] = OrderedDict()
+
+    def __contains__(self, message: ConsumedMessage) -> bool:
+        return (message.topic_partition, message.offset) in self._seen
+
+    def remember(self, messages: Iterable[ConsumedMessage]) -> None:
+        for message in messages:
+            self._seen[(message.topic_partition, message.offset)] = None
+        while len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+
+
 def dead_letter_for(message: ConsumedMessage, error: str) -> DeadLetter:
     """The DLQ form of a consumed message: original key, value and headers kept."""
     return DeadLetter(
@@ -202,6 +228,7 @@ class Indexer:
         self._limits: dict[str, IndexLimits] = {}
         self._log_tasks: set[asyncio.Task[None]] = set()
         self._dlq_ready = False
+        self._dead_lettered = DeadLetterMemory()
         self._report_due = True
         self._reported_reasons: dict[str, str] = {}
         self._reported_at = float("-inf")
@@ -486,8 +513,12 @@ class Indexer:
     ) -> None:
         """Dead-letter `poison`, then acknowledge it and `acknowledged` (offsets move)."""
         started_ns = time.time_ns()
-        if poison:
-            await self._dead_letter([dead_letter_for(p.message, p.error) for p in poison])
+        fresh = [p for p in poison if p.message not in self._dead_lettered]
+        if len(fresh) < len(poison):
+            log.info("dead_letters_already_written", events=len(poison) - len(fresh))
+        if fresh:
+            await self._dead_letter([dead_letter_for(p.message, p.error) for p in fresh])
+            self._dead_lettered.remember(p.message for p in fresh)
         queued = self._source.acknowledge(
             [e.message for e, _ in acknowledged] + [p.message for p in poison]
         )

@@ -4,21 +4,32 @@ event size limit, and a dead letter Kafka will not take keeps its headers withou
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Sequence
 
+from confluent_kafka import Consumer
 from confluent_kafka.admin import ConfigResource, NewTopic
 from elasticsearch import AsyncElasticsearch
 
+from indexer.consumer import KafkaEventSource
+from indexer.dlq_writer import KafkaDeadLetterWriter
+from indexer.pipeline import Indexer
+from indexer.progress import IndexerState
+from indexer.sink import ElasticsearchSink
 from infra.dead_letter import DeadLetter
 from infra.envelope import headers_dict
-from infra.kafka import admin_client, event_topic_config
+from infra.kafka import admin_client, consumer_config, event_topic_config
 from infra.settings import Settings
 from tests.fixtures.indexer import (
     KafkaWriter,
     dead_letters,
+    dlq_size,
+    group_caught_up,
     indexed_sources,
     indexer_settings,
     make_record,
     start_indexer,
+    wait_until,
 )
 
 
@@ -125,3 +136,92 @@ async def test_a_dead_letter_the_producer_refuses_at_once_never_stops_the_indexe
     assert letter.value() is None
     assert headers_dict(letter.headers())["ce_id"] == headers_dict(headers)["ce_id"]
     assert set(await indexed_sources(es_client, idx.es.alias_for("books"))) == {"after"}
+
+
+class _RebalanceDuringDelivery:
+    """The real DLQ writer; its first delivery waits while another member joins the group.
+
+    The wait ends when the newcomer's rebalance completes (it gets its assignment), or after
+    `wait_s` if the indexer holds the rebalance back until the dead letter is written.
+    """
+
+    def __init__(self, settings: Settings, topic: str, wait_s: float = 8.0) -> None:
+        self._writer = KafkaDeadLetterWriter(settings.kafka)
+        self._settings = settings
+        self._topic = topic
+        self._wait_s = wait_s
+        self._delivered = 0
+        self.newcomer_assigned = threading.Event()
+        self._stop = threading.Event()
+        self._newcomer: threading.Thread | None = None
+
+    async def prepare(self) -> None:
+        await self._writer.prepare()
+
+    def deliver(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
+        self._delivered += 1
+        if self._delivered == 1:
+            self._newcomer = threading.Thread(target=self._join_group, daemon=True)
+            self._newcomer.start()
+            self.newcomer_assigned.wait(self._wait_s)
+        return self._writer.deliver(letters)
+
+    def _join_group(self) -> None:
+        # A dynamic member: it leaves the group on close (a static one would not).
+        consumer = Consumer(consumer_config(self._settings.kafka, self._settings.indexer.group_id))
+        consumer.subscribe([self._topic], on_assign=lambda _c, _p: self.newcomer_assigned.set())
+        while not self._stop.is_set():
+            consumer.poll(0.1)
+        consumer.close()  # leaves the group: the indexer gets every partition back
+
+    def leave(self) -> None:
+        self._stop.set()
+        if self._newcomer is not None:
+            self._newcomer.join(30)
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def shutdown(self) -> None:
+        self._writer.shutdown()
+
+
+async def test_a_rebalance_while_a_dead_letter_is_written_never_writes_it_twice(
+    idx_settings: Settings, kafka_writer: KafkaWriter, es_client: AsyncElasticsearch
+) -> None:
+    """A new topic or member rebalances the group while a batch is being dead-lettered (the
+    fault harness saw it when a writer created a collection): the batch's offsets are not
+    committed for partitions handed over, so its messages come back; the poison one is
+    acknowledged without a second dead letter (it was dead-lettered three times before)."""
+    settings = idx_settings
+    topic = await kafka_writer.ensure_topic("books")
+    await kafka_writer.send_raw([(topic, *_poison("books", "bad", 100))])
+    await kafka_writer.send_records([make_record("books", "good", 1)])
+    dead_letter_sink = _RebalanceDuringDelivery(settings, topic)
+    source = KafkaEventSource(settings)
+    indexer = Indexer(
+        settings,
+        source=source,
+        sink=ElasticsearchSink(es_client, settings.es),
+        dead_letters=dead_letter_sink,
+        state=IndexerState(),
+        instance=source.instance_id,
+    )
+    task = asyncio.ensure_future(indexer.run())
+    try:
+        await wait_until(
+            dead_letter_sink.newcomer_assigned.is_set, timeout_s=60, what="the newcomer's turn"
+        )
+        await asyncio.to_thread(dead_letter_sink.leave)
+        await group_caught_up(settings, [topic], timeout_s=60, alive=lambda: _alive(task))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    assert await asyncio.to_thread(dlq_size, settings) == 1
+    assert "good" in await indexed_sources(es_client, settings.es.alias_for("books"))
+
+
+def _alive(task: asyncio.Task[None]) -> None:
+    if task.done():
+        task.result()

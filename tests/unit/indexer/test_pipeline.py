@@ -13,7 +13,7 @@ import pytest
 
 from indexer.batch import APPLIED, ItemOutcome, Outcome
 from indexer.consumer import ConsumedMessage, TopicPartitionKey
-from indexer.pipeline import Indexer
+from indexer.pipeline import DeadLetterMemory, Indexer
 from indexer.progress import IndexerState
 from indexer.sink import BulkRequestRefusedError, IndexUnusableError
 from infra.dead_letter import DeadLetter
@@ -216,3 +216,18 @@ async def test_an_index_that_vanishes_again_and_again_parks_its_collection(
     assert "vanished" in running.state.parked["ghost"].reason
     await wait_until(lambda: len(running.source.acknowledged) == 1, what="books acknowledged")
     assert running.source.acknowledged == [books]
+
+
+def test_the_dead_letter_memory_remembers_by_partition_and_offset_and_forgets_the_oldest() -> None:
+    memory = DeadLetterMemory(capacity=2)
+    first, second, third = (
+        message_for(make_record("books", f"d{i}", 1), offset=i) for i in range(3)
+    )
+    memory.remember([first, second])
+    assert first in memory
+    assert second in memory
+    assert third not in memory
+    memory.remember([third])
+    assert first not in memory
+    assert second in memory
+    assert third in memory
