@@ -100,9 +100,6 @@ class Principal:
         """Whether the principal's scope includes `collection`."""
         return not self.collections or collection in self.collections
 
-    def may_write(self, collection: str) -> bool:
-        return self.can_write and self.covers(collection)
-
 
 @dataclass(frozen=True, slots=True)
 class IssuedToken:

@@ -202,11 +202,6 @@ class AuditReport:
         return self.extra_copies + self.unknown_events
 
     @property
-    def kafka_events(self) -> int:
-        """The name the fault harness knew."""
-        return self.kafka_messages
-
-    @property
     def ok(self) -> bool:
         """Nothing lost, duplicated, misordered or drifted (pending and unindexed are not)."""
         return self.lost + self.duplicated + self.misordered + self.drift.total == 0
