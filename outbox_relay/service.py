@@ -147,8 +147,24 @@ async def _run_active(
 
 
 async def _keep_lease(lease: MongoLease, client: MongoClient, state: RelayState) -> None:
-    """Renew the lease and refresh the status it carries; `LeaseLostError` when gone."""
-    while True:
-        await asyncio.sleep(lease.interval)
-        await lease.renew()  # first: a slow oplog query must not delay the renewal
+    """Renew the lease every `lease.interval`; `LeaseLostError` when gone.
+
+    The oplog window the status carries is measured beside the renewals, never between
+    them: on a busy server that query can take longer than the lease has left, and a
+    renewal waiting for it let a relay lose its own lease while catching up a backlog.
+    """
+    oplog: asyncio.Task[None] | None = None
+
+    async def measure_oplog() -> None:
         state.oplog_window(await oplog_seconds_left(client, state.last_cluster_time))
+
+    try:
+        while True:
+            await asyncio.sleep(lease.interval)
+            await lease.renew()
+            if oplog is None or oplog.done():
+                oplog = asyncio.create_task(measure_oplog(), name="relay-oplog-window")
+    finally:
+        if oplog is not None:
+            oplog.cancel()
+            await asyncio.gather(oplog, return_exceptions=True)
