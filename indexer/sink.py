@@ -92,7 +92,10 @@ class ElasticsearchSink:
             await self._client.indices.create(
                 index=index,
                 mappings=mapping,
-                settings=index_limits(self._settings, collection).index_settings(),
+                settings={
+                    **index_limits(self._settings, collection).index_settings(),
+                    "index.refresh_interval": refresh_interval(self._settings),
+                },
                 aliases={alias: {"is_write_index": True}},
             )
         except ApiError as e:
@@ -149,3 +152,8 @@ def _error_type(e: ApiError) -> str:
         if isinstance(error, dict):
             return str(error.get("type", ""))
     return ""
+
+
+def refresh_interval(settings: ElasticSettings) -> str:
+    """`OUTBOX_ES_REFRESH_INTERVAL_S` as Elasticsearch's `index.refresh_interval` value."""
+    return f"{max(1, round(settings.refresh_interval_s * 1000))}ms"
