@@ -17,6 +17,7 @@ wrote before, and timed from its commit until the search API finds it.
 from __future__ import annotations
 
 import asyncio
+import csv
 import itertools
 import threading
 import time
@@ -24,15 +25,16 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pymongo
 from confluent_kafka import Consumer, TopicPartition
 from elasticsearch import AsyncElasticsearch
 
 from bench.stats import percentiles
 from infra.kafka import admin_client, consumer_config
-from infra.mongo import MongoClient
 from infra.settings import Settings
 
 POLL_GET_S = 0.02
@@ -75,6 +77,8 @@ class LatencyResult:
     traces: list[Trace]
     new_collection_ms: list[float] = field(default_factory=list)
     writes_failed: int = 0
+    # The longest search poll (all its pages): a searchable time is late by at most this.
+    search_poll_max_ms: float = 0.0
 
     def latency_ms(self) -> dict[str, dict[str, float]]:
         return {
@@ -86,6 +90,14 @@ class LatencyResult:
             "commit_to_searchable": percentiles(deltas_ms(self.traces, "committed", "searchable")),
             "new_collection_to_searchable": percentiles(self.new_collection_ms),
         }
+
+    def write_csv(self, path: Path) -> None:
+        """Every trace, one row each (epoch seconds), to see where a slow one spent its time."""
+        with path.open("w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["n", *STAGES])
+            for t in self.traces:
+                out.writerow([t.n, *(getattr(t, stage) for stage in STAGES)])
 
     def shares_ms(self) -> dict[str, dict[str, float]]:
         """Each hop on its own: where the time between commit and searchable goes."""
@@ -137,43 +149,58 @@ class KafkaTimestamps:
             consumer.close()
 
 
-async def watch_outbox(
-    client: MongoClient,
-    settings: Settings,
-    traces: dict[str, Trace],
-    fresh: dict[str, Trace],
-    ready: asyncio.Event,
-) -> None:
-    """A bare change stream of the outbox: commit time (the record's) and arrival."""
-    outbox = client[settings.mongo.database][settings.mongo.outbox_collection]
-    async with await outbox.watch(
-        [{"$match": {"operationType": "insert"}}], max_await_time_ms=20
-    ) as stream:
-        ready.set()
-        while True:
-            change = await stream.try_next()
-            if change is None:
-                continue
-            now = time.time()
-            record = change["fullDocument"]
-            committed = _epoch(record.get("time"))
-            key = str(record.get("document_id"))
-            collection = str(record.get("collection"))
-            for trace in (traces.get(key), fresh.get(collection)):
-                if trace is not None and trace.committed is None:
-                    trace.committed = committed
-                    trace.change_stream = now
-            if key not in traces:
-                # Acknowledged after the stream saw it: keep it for when the id is known.
-                early = traces.setdefault(f"early:{key}", Trace())
-                early.committed, early.change_stream = committed, now
+class OutboxWatcher:
+    """A bare change stream of the outbox on a thread of its own (the synchronous driver),
+    so the probes' work in the event loop never delays when an insert is seen: each
+    record's commit time (its `time`, MongoDB's clock) and when the stream had it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        # document id or collection -> (committed, seen)
+        self.seen: dict[str, tuple[float | None, float]] = {}
+        self.by_collection: dict[str, tuple[float | None, float]] = {}
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbox-watcher", daemon=True)
+
+    def __enter__(self) -> OutboxWatcher:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise TimeoutError("the outbox change stream did not open")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        mongo = self._settings.mongo
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            mongo.uri.get_secret_value(), tz_aware=True, appname="bench-latency"
+        )
+        outbox = client[mongo.database][mongo.outbox_collection]
+        try:
+            with outbox.watch(
+                [{"$match": {"operationType": "insert"}}], max_await_time_ms=10
+            ) as stream:
+                self._ready.set()
+                while not self._stop.is_set():
+                    change = stream.try_next()
+                    if change is None:
+                        continue
+                    now = time.time()
+                    record = change["fullDocument"]
+                    seen = (_epoch(record.get("time")), now)
+                    self.seen.setdefault(str(record.get("document_id")), seen)
+                    self.by_collection.setdefault(str(record.get("collection")), seen)
+        finally:
+            client.close()
 
 
 async def measure(
     settings: Settings,
     http: httpx.AsyncClient,
     es: AsyncElasticsearch,
-    client: MongoClient,
     *,
     collection: str,
     body: Callable[[int], dict[str, Any]],
@@ -185,14 +212,11 @@ async def measure(
     """Run the open-loop load and the probes; every trace is complete or given up on."""
     alias = settings.es.alias_for(collection)
     topic = settings.kafka.event_topic(collection)
-    traces: dict[str, Trace] = {}
     fresh: dict[str, Trace] = {}
     by_id: dict[str, Trace] = {}
     failed = 0
-    stream_ready = asyncio.Event()
-    watcher = asyncio.create_task(watch_outbox(client, settings, traces, fresh, stream_ready))
-    await asyncio.wait_for(stream_ready.wait(), 30)
     writing = True
+    poll_ms = [0.0]
 
     async def write(i: int) -> None:
         nonlocal failed
@@ -202,12 +226,7 @@ async def measure(
             failed += 1
             return
         document_id = str(response.json()["id"])
-        trace = traces.setdefault(document_id, Trace())
-        early = traces.pop(f"early:{document_id}", None)
-        if early is not None and trace.committed is None:
-            trace.committed, trace.change_stream = early.committed, early.change_stream
-        trace.n = n
-        by_id[document_id] = trace
+        by_id[document_id] = Trace(n=n)
 
     async def poll_get() -> None:
         while writing or any(t.gettable is None for t in by_id.values()):
@@ -223,6 +242,7 @@ async def measure(
     async def poll_search() -> None:
         while writing or any(t.searchable is None for t in by_id.values()):
             waiting = [t.n for t in by_id.values() if t.searchable is None]
+            polled = time.monotonic()
             if waiting:
                 lowest = min(waiting)
                 params: dict[str, Any] = {"sort": "-n", "size": 100}
@@ -241,6 +261,7 @@ async def measure(
                     if not page.get("next") or last_n is None or last_n <= lowest:
                         break
                     params = {"sort": "-n", "size": 100, "search_after": page["next"]}
+            poll_ms[0] = max(poll_ms[0], (time.monotonic() - polled) * 1000)
             await asyncio.sleep(POLL_SEARCH_S)
 
     async def new_collections() -> list[float]:
@@ -260,12 +281,13 @@ async def measure(
                         break
                     await asyncio.sleep(POLL_SEARCH_S)
             await asyncio.sleep(new_collection_every_s)
-        for trace in fresh.values():
-            if trace.committed is not None and trace.searchable is not None:
-                found.append((trace.searchable - trace.committed) * 1000)
+        for name, trace in fresh.items():
+            committed = outbox.by_collection.get(name, (None, 0.0))[0]
+            if committed is not None and trace.searchable is not None:
+                found.append((trace.searchable - committed) * 1000)
         return found
 
-    with KafkaTimestamps(settings, topic) as kafka:
+    with OutboxWatcher(settings) as outbox, KafkaTimestamps(settings, topic) as kafka:
         getter = asyncio.create_task(poll_get())
         searcher = asyncio.create_task(poll_search())
         newcomer = asyncio.create_task(new_collections())
@@ -287,6 +309,6 @@ async def measure(
     for document_id, trace in by_id.items():
         if document_id in kafka.seen:
             trace.kafka, trace.kafka_visible = kafka.seen[document_id]
-    watcher.cancel()
-    await asyncio.gather(watcher, return_exceptions=True)
-    return LatencyResult(list(by_id.values()), new_ms, failed)
+        if document_id in outbox.seen:
+            trace.committed, trace.change_stream = outbox.seen[document_id]
+    return LatencyResult(list(by_id.values()), new_ms, failed, round(poll_ms[0], 1))

@@ -50,6 +50,8 @@ class ElasticsearchSink:
         self._client = client
         self._settings = settings
         self._ready_aliases: set[str] = set()
+        # Indices this process created and has not refreshed yet (see `_refresh_new`).
+        self._unrefreshed: set[str] = set()
 
     def alias_for(self, collection: str) -> str:
         return self._settings.alias_for(collection)
@@ -105,6 +107,7 @@ class ElasticsearchSink:
             # the alias points at the index again.
             await self._client.indices.put_alias(index=index, name=alias)
             return
+        self._unrefreshed.add(index)
         log.info("index_created", collection=collection, index=index, alias=alias)
 
     def forget(self, collection: str) -> None:
@@ -132,6 +135,8 @@ class ElasticsearchSink:
             raise BulkRequestRefusedError(e.meta.status, f"bulk request refused: {e}") from e
         except TransportError as e:
             raise RetriableError(f"Elasticsearch unreachable: {e}") from e
+        if self._unrefreshed:
+            await self._refresh_new()
         body = response.body
         if not body.get("errors"):
             return [APPLIED] * len(bodies)
@@ -143,6 +148,17 @@ class ElasticsearchSink:
             (result,) = item.values()
             outcomes.append(classify_item(int(result.get("status", 500)), result.get("error")))
         return outcomes
+
+    async def _refresh_new(self) -> None:
+        """Refresh the indices created since the last bulk, once, right after their first
+        documents went in: the first write to a new collection is searchable then, instead
+        of at the index's first periodic refresh (up to `refresh_interval_s` later). Every
+        later write waits for the periodic refresh as usual. Best effort."""
+        indices, self._unrefreshed = sorted(self._unrefreshed), set()
+        try:
+            await self._client.indices.refresh(index=",".join(indices))
+        except (ApiError, TransportError) as e:
+            log.warning("new_index_refresh_failed", indices=indices, error=str(e))
 
 
 def _error_type(e: ApiError) -> str:
