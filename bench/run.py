@@ -38,6 +38,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -100,6 +101,9 @@ class Results:
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     latency_hops_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
+    # Per side of a stage and repetition: CPU cores each process used over the side's whole
+    # duration (start-up included), to see which one the machine's two cores went to.
+    cpu_cores: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     scale: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -208,7 +212,11 @@ def high_watermarks(settings: Settings, topic: str) -> list[TopicPartition]:
 
 
 def count_events(
-    settings: Settings, start: list[TopicPartition], expected: int
+    settings: Settings,
+    start: list[TopicPartition],
+    expected: int,
+    *,
+    on_first: Callable[[], object] | None = None,
 ) -> tuple[int, float, float]:
     """Read_committed events from `start` until `expected`: (seen at the first look, its
     time, the time of the `expected`-th)."""
@@ -225,6 +233,8 @@ def count_events(
                     seen += 1
             if seen and first is None:
                 first, at_first = time.perf_counter(), seen
+                if on_first is not None:
+                    on_first()
     finally:
         consumer.close()
     assert first is not None
@@ -421,6 +431,9 @@ async def relay_stage(
             order = ["relay", "raw", "producer"] if rep % 2 == 0 else ["raw", "producer", "relay"]
             rates: dict[str, Rate] = {}
             for side in order:
+                cpu_before, wall_before = cpu_seconds(pipeline, relay), time.perf_counter()
+                cpu_end: dict[str, float] | None = None
+                wall_end: float | None = None
                 if side == "raw":
                     rates[side] = await raw_change_stream_read(client, settings, start_at=at, n=n)
                 elif side == "producer":
@@ -436,7 +449,17 @@ async def relay_stage(
                     at_first, t0, t1 = await asyncio.to_thread(count_events, settings, hw, n)
                     rates[side] = rate_after_first(n, at_first, t0, t1)
                     await _keep_metrics(pipeline, settings.relay.metrics_port, f"relay-{rep}")
+                    cpu_end = cpu_seconds(pipeline, relay)  # before it exits
+                    wall_end = time.perf_counter()
                     await asyncio.to_thread(relay.stop)
+                cpu_after = cpu_end or cpu_seconds(pipeline, relay)
+                wall = (wall_end or time.perf_counter()) - wall_before
+                results.cpu_cores.setdefault(f"relay_stage_{side}", []).append(
+                    {
+                        name: round((cpu_after.get(name, 0.0) - used) / wall, 2)
+                        for name, used in cpu_before.items()
+                    }
+                )
             results.sample("relay_events_per_s", rates["relay"])
             results.sample("raw_change_stream_events_per_s", rates["raw"])
             results.sample("bare_producer_events_per_s", rates["producer"])
@@ -451,6 +474,33 @@ async def relay_stage(
     finally:
         await asyncio.to_thread(relay.stop)
         await client.close()
+
+
+def cpu_seconds(pipeline: Pipeline, *services: ServiceProcess) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the servers, `services` and this process; a
+    service not running counts what it used before it stopped as nothing."""
+    pids: dict[str, int | None] = {
+        "mongodb": _pid(pipeline.stack.mongo.process),
+        "kafka_es": _pid(pipeline.stack.kafka_es.process),
+        "bench": os.getpid(),
+    }
+    pids |= {service.name: service.pid if service.running else None for service in services}
+    out: dict[str, float] = {}
+    for name, pid in pids.items():
+        if pid is None:
+            out[name] = 0.0
+            continue
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            out[name] = 0.0
+            continue
+        out[name] = float(times.user + times.system + times.children_user + times.children_system)
+    return out
+
+
+def _pid(process: Any) -> int | None:
+    return None if process is None else int(process.pid)
 
 
 async def _keep_metrics(pipeline: Pipeline, port: int, name: str) -> None:
@@ -633,10 +683,14 @@ async def run_bench(cfg: BenchConfig, data_dir: Path, console: Console) -> Resul
                 await indexer_stage(pipeline, es, cfg, results, console)
             if "latency" in cfg.stages:
                 await latency_stage(pipeline, http, es, client, cfg, api_rate, results, console)
-        if cfg.scale:
-            from bench.scale import run_scale  # noqa: PLC0415 - only with --scale
+            if cfg.scale:
+                from bench.scale import run_scale  # noqa: PLC0415 - only with --scale
 
-            results.scale = await run_scale(pipeline, es, console)
+                for name in ("relay", "indexer"):  # the latency stage's: idle, but not free
+                    if name in pipeline.services:
+                        await asyncio.to_thread(pipeline.services[name].stop)
+                async with api_client(pipeline.api_url, token, concurrency=32) as wide:
+                    results.scale = await run_scale(pipeline, es, console, http=wide)
     finally:
         await client.close()
         await es.close()
