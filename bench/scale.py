@@ -195,7 +195,6 @@ async def indexer_scale(
         }
         console.log(f"scale indexer: {row}")
         rows.append(row)
-        await es.indices.delete(index=f"{settings.es.index_prefix}*")
     return rows
 
 
