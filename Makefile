@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR ?= .outbox-data
 
-.PHONY: run test test-unit test-integration lint format protos faults bench browser clean
+.PHONY: run test test-unit test-integration lint format protos faults bench bench-scale browser clean
 
 # Installs exactly what uv.lock pins (hashes checked): uv itself comes from the lock too,
 # bootstrapped once with pip, then `uv sync` makes the venv match the lock exactly.
@@ -57,6 +57,10 @@ faults: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+# `make bench` plus how cost grows (backlog, document size, concurrency): docs/performance.md.
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.run --scale
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) .pytest_cache .mypy_cache .ruff_cache

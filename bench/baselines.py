@@ -2,7 +2,8 @@
 
 * writes: the API's transaction (read the document, insert it, insert its outbox record;
   snapshot read concern, majority write concern) with `AsyncMongoClient`;
-* relay: a bare change-stream read of the same outbox backlog;
+* relay: a bare change-stream read of the same outbox backlog, and a bare transactional
+  producer sending the same messages in the same batch sizes;
 * indexer: `helpers.async_bulk` of the same documents with the indexer's `_source` layout and
   external versions, in chunks of the indexer's batch size.
 """
@@ -13,32 +14,22 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from bson.timestamp import Timestamp
+from confluent_kafka import Producer
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from infra.envelope import EventType, OutboxRecord, new_event_id, utc_now
+from bench.stats import Rate, rate_after_first
+from infra.envelope import EventType, KafkaMessage, OutboxRecord, new_event_id, utc_now
 from infra.index_layout import index_mapping, source_for
+from infra.kafka import produce, producer_config
 from infra.mongo import MongoClient
-from infra.settings import Settings
-
-
-@dataclass(frozen=True)
-class Rate:
-    """`count` items in `seconds`."""
-
-    count: int
-    seconds: float
-
-    @property
-    def per_s(self) -> float:
-        return self.count / self.seconds if self.seconds > 0 else 0.0
+from infra.settings import KafkaSettings, Settings
 
 
 async def run_concurrently(n: int, concurrency: int, one: Callable[[int], Any]) -> Rate:
@@ -116,12 +107,15 @@ async def raw_writes(
 async def raw_change_stream_read(
     client: MongoClient, settings: Settings, *, start_at: Timestamp, n: int
 ) -> Rate:
-    """Read `n` outbox inserts from `start_at`; timed from the first event to the n-th."""
+    """Read `n` outbox inserts from `start_at`; timed from the first event to the n-th,
+    in the relay's batch size."""
     outbox = client[settings.mongo.database][settings.mongo.outbox_collection]
     seen = 0
     first: float | None = None
     async with await outbox.watch(
-        [{"$match": {"operationType": "insert"}}], start_at_operation_time=start_at
+        [{"$match": {"operationType": "insert"}}],
+        start_at_operation_time=start_at,
+        batch_size=settings.relay.batch_max_events,
     ) as stream:
         async for _ in stream:
             if first is None:
@@ -130,14 +124,47 @@ async def raw_change_stream_read(
             if seen >= n:
                 break
     assert first is not None
-    return Rate(seen, time.perf_counter() - first)
+    return rate_after_first(seen, 1, first, time.perf_counter())
+
+
+def bare_transactional_produce(
+    kafka: KafkaSettings, messages: list[KafkaMessage], batch: int
+) -> Rate:
+    """Blocking: `messages` in transactions of `batch`, with the relay's producer settings
+    and nothing else (no change stream, no checkpoint, no delivery callbacks)."""
+    producer = Producer(
+        producer_config(
+            kafka,
+            **{
+                "transactional.id": f"{kafka.namespace}.bare-producer",
+                "transaction.timeout.ms": 60000,
+                "partitioner": "murmur2_random",
+                "linger.ms": 5,
+                "batch.size": 1024 * 1024,
+                "queue.buffering.max.messages": 1_000_000,
+            },
+        )
+    )
+    producer.init_transactions(30)
+    started = time.perf_counter()
+    for start in range(0, len(messages), batch):
+        producer.begin_transaction()
+        for i, message in enumerate(messages[start : start + batch], start=1):
+            produce(producer, message)
+            if i % 256 == 0:
+                producer.poll(0)
+        producer.commit_transaction(30)
+    elapsed = time.perf_counter() - started
+    producer.flush(10)
+    return Rate(len(messages), elapsed)
 
 
 async def raw_bulk(
     es: AsyncElasticsearch, settings: Settings, *, records: list[OutboxRecord], index: str
 ) -> Rate:
     """Bulk-index `records` as the indexer would (same `_source`, external versions)."""
-    await es.indices.create(index=index, mappings=index_mapping())
+    if not await es.indices.exists(index=index):
+        await es.indices.create(index=index, mappings=index_mapping())
     indexed_at = utc_now()
     actions = [
         {

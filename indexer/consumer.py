@@ -60,6 +60,11 @@ TopicPartitionKey = tuple[str, int]
 # How long one poll waits for a message: bounds how late an acknowledged commit is sent
 # and how long a shutdown waits for the poll thread.
 POLL_TIMEOUT_S = 0.1
+# A regex subscription sees a new topic (a new collection) only at librdkafka's next
+# periodic metadata refresh (`topic.metadata.refresh.interval.ms`): this bounds how long
+# the first write to a new collection waits before the indexer even subscribes to it. One
+# small metadata request per interval.
+TOPIC_DISCOVERY_MS = 300
 # The consumer's lag is measured (from cached watermarks, no network call) this often.
 LAG_INTERVAL_S = 2.0
 # A failed commit is sent again after this long (each attempt is logged).
@@ -122,7 +127,10 @@ class KafkaEventSource:
                 settings.kafka,
                 settings.indexer.group_id,
                 on_commit=self._on_commit,
-                **{"group.instance.id": self.instance_id},
+                **{
+                    "group.instance.id": self.instance_id,
+                    "topic.metadata.refresh.interval.ms": TOPIC_DISCOVERY_MS,
+                },
             )
         )
         # Room for the batch being indexed plus the next one; librdkafka prefetches beyond.

@@ -50,6 +50,8 @@ class ElasticsearchSink:
         self._client = client
         self._settings = settings
         self._ready_aliases: set[str] = set()
+        # Indices this process created and has not refreshed yet (see `_refresh_new`).
+        self._unrefreshed: set[str] = set()
 
     def alias_for(self, collection: str) -> str:
         return self._settings.alias_for(collection)
@@ -92,7 +94,10 @@ class ElasticsearchSink:
             await self._client.indices.create(
                 index=index,
                 mappings=mapping,
-                settings=index_limits(self._settings, collection).index_settings(),
+                settings={
+                    **index_limits(self._settings, collection).index_settings(),
+                    "index.refresh_interval": refresh_interval(self._settings),
+                },
                 aliases={alias: {"is_write_index": True}},
             )
         except ApiError as e:
@@ -102,6 +107,7 @@ class ElasticsearchSink:
             # the alias points at the index again.
             await self._client.indices.put_alias(index=index, name=alias)
             return
+        self._unrefreshed.add(index)
         log.info("index_created", collection=collection, index=index, alias=alias)
 
     def forget(self, collection: str) -> None:
@@ -129,6 +135,8 @@ class ElasticsearchSink:
             raise BulkRequestRefusedError(e.meta.status, f"bulk request refused: {e}") from e
         except TransportError as e:
             raise RetriableError(f"Elasticsearch unreachable: {e}") from e
+        if self._unrefreshed:
+            await self._refresh_new()
         body = response.body
         if not body.get("errors"):
             return [APPLIED] * len(bodies)
@@ -141,6 +149,17 @@ class ElasticsearchSink:
             outcomes.append(classify_item(int(result.get("status", 500)), result.get("error")))
         return outcomes
 
+    async def _refresh_new(self) -> None:
+        """Refresh the indices created since the last bulk, once, right after their first
+        documents went in: the first write to a new collection is searchable then, instead
+        of at the index's first periodic refresh (up to `refresh_interval_s` later). Every
+        later write waits for the periodic refresh as usual. Best effort."""
+        indices, self._unrefreshed = sorted(self._unrefreshed), set()
+        try:
+            await self._client.indices.refresh(index=",".join(indices))
+        except (ApiError, TransportError) as e:
+            log.warning("new_index_refresh_failed", indices=indices, error=str(e))
+
 
 def _error_type(e: ApiError) -> str:
     body = e.body
@@ -149,3 +168,8 @@ def _error_type(e: ApiError) -> str:
         if isinstance(error, dict):
             return str(error.get("type", ""))
     return ""
+
+
+def refresh_interval(settings: ElasticSettings) -> str:
+    """`OUTBOX_ES_REFRESH_INTERVAL_S` as Elasticsearch's `index.refresh_interval` value."""
+    return f"{max(1, round(settings.refresh_interval_s * 1000))}ms"

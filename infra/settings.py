@@ -129,6 +129,9 @@ class ElasticSettings(BaseModel):
     password: SecretStr | None = None
     ca_certs: str | None = None  # PEM file for a private CA (Elasticsearch's own http_ca.crt)
     request_timeout_s: float = 30.0
+    # index.refresh_interval of every index the indexer creates: a document is found by a
+    # search at the next refresh after it was indexed (a realtime GET finds it at once).
+    refresh_interval_s: float = Field(default=1.0, gt=0)
     # Per-collection mapping overrides, JSON: {"books": {"properties": {...}}}.
     mappings: dict[str, dict[str, object]] = Field(default_factory=dict)
     # What one document may map (infra/index_limits.py): the API refuses more, the indexer

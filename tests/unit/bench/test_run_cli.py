@@ -10,7 +10,17 @@ from bench.run import app
 def test_the_bench_command_lists_its_options() -> None:
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0, result.output
-    for option in ("--writes", "--concurrency", "--latency-seconds", "--out", "--data-dir"):
+    for option in (
+        "--repetitions",
+        "--window-seconds",
+        "--concurrency",
+        "--latency-seconds",
+        "--relay-batch",
+        "--scale",
+        "--stage",
+        "--out",
+        "--data-dir",
+    ):
         assert option in result.output
     assert "--profile" in result.output
 
@@ -23,4 +33,5 @@ def test_profiling_without_a_data_dir_is_refused_before_anything_starts() -> Non
 
 def test_unknown_services_and_nonsense_counts_are_refused() -> None:
     assert CliRunner().invoke(app, ["--profile", "kafka", "--data-dir", "/tmp/x"]).exit_code == 2
-    assert CliRunner().invoke(app, ["--writes", "0"]).exit_code == 2
+    assert CliRunner().invoke(app, ["--repetitions", "0"]).exit_code == 2
+    assert CliRunner().invoke(app, ["--stage", "kafka"]).exit_code == 2
