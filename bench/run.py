@@ -64,10 +64,12 @@ from bench.baselines import (
 )
 from bench.load import api_client, document_body
 from bench.pipeline import Pipeline, ServiceProcess
+from bench.read_your_writes import measure_read_your_writes
 from bench.stats import (
     Rate,
     backlog_for,
     interleaved,
+    percentiles,
     rate_after_first,
     summary,
     too_spread,
@@ -81,6 +83,8 @@ from infra.mongo import MongoClient, mongo_client
 from infra.settings import Settings
 
 COLLECTION = "bench"
+RYW_COLLECTION = "bench-ryw"  # read-your-writes rounds, apart from the latency traces
+RYW_ROUNDS = 50
 GOALS = {"api_ratio": 0.7, "relay_ratio": 0.8, "indexer_ratio": 0.8}
 STAGE_TIMEOUT_S = 300.0
 INSERT_CHUNK = 2000
@@ -623,6 +627,15 @@ async def latency_stage(
     outcome.write_csv(pipeline.data_dir / "latency-traces.csv")
     if outcome.writes_failed:
         results.failures.append(f"{outcome.writes_failed} latency-phase writes failed")
+    # Read your writes: what `after=<token>` adds to a search right after the write.
+    ryw = await measure_read_your_writes(http, RYW_COLLECTION, rounds=RYW_ROUNDS)
+    results.latency_ms["search_with_token"] = percentiles(ryw.with_token_ms)
+    results.latency_ms["search_without_token"] = percentiles(ryw.plain_ms)
+    results.latency_ms["token_extra"] = percentiles(ryw.extra_ms)
+    if ryw.missed or ryw.failed:
+        results.failures.append(
+            f"read your writes: {ryw.missed} token searches missed the write, {ryw.failed} failed"
+        )
 
 
 def _wait_indexed(settings: Settings, topic: str) -> None:
