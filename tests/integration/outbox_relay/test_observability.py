@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -101,26 +100,21 @@ async def test_metrics_are_exposed_and_count_published_events(
 BOOKS_PUBLISHED = ("outbox_relay_events_published_total", 'collection="books"')
 
 
-@pytest.fixture
-def stack(private_stack: EmbeddedStack) -> Iterator[EmbeddedStack]:
-    """The private stack; a paused Kafka is always resumed before it stops."""
-    yield private_stack
-    process = private_stack.kafka_es.process
-    if process is not None and process.poll() is None:
-        process.send_signal(signal.SIGCONT)
-
-
 async def test_readiness_turns_red_when_records_wait_and_kafka_stops_committing(
-    stack: EmbeddedStack,
+    pausable_stack: EmbeddedStack,
 ) -> None:
     """Kafka paused (SIGSTOP) with records waiting → 503 "stalled"; resumed → 200, exactly once."""
     settings = fast_relay(
-        settings_for(ServerUrls(stack.mongo_uri, stack.kafka_bootstrap, stack.es_url)),
+        settings_for(
+            ServerUrls(
+                pausable_stack.mongo_uri, pausable_stack.kafka_bootstrap, pausable_stack.es_url
+            )
+        ),
         metrics_port=free_port(),
         stall_after_seconds=1.0,
     )
     records = make_history(60, collections=COLLECTIONS, documents=10)
-    kafka = stack.kafka_es.process
+    kafka = pausable_stack.kafka_es.process
     assert kafka is not None
     client = mongo_client(settings.mongo, app_name="relay-tests")
     try:

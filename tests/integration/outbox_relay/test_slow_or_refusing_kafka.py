@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
 
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
@@ -75,24 +74,19 @@ async def test_a_malformed_record_too_big_for_kafka_is_dead_lettered_without_its
     assert_exactly_once_in_order(await read_events(small, COLLECTIONS), records)
 
 
-@pytest.fixture
-def stack(private_stack: EmbeddedStack) -> Iterator[EmbeddedStack]:
-    """The private stack; a paused Kafka is always resumed before it stops."""
-    yield private_stack
-    process = private_stack.kafka_es.process
-    if process is not None and process.poll() is None:
-        process.send_signal(signal.SIGCONT)
-
-
 async def test_a_commit_slower_than_its_timeout_is_retried_not_turned_into_a_crash(
-    stack: EmbeddedStack,
+    pausable_stack: EmbeddedStack,
 ) -> None:
     """The broker stops answering for 4 s with commits timing out after 1 s: the relay calls
     commit again instead of aborting, keeps running, and publishes everything exactly once."""
     settings = fast_relay(
-        settings_for(ServerUrls(stack.mongo_uri, stack.kafka_bootstrap, stack.es_url))
+        settings_for(
+            ServerUrls(
+                pausable_stack.mongo_uri, pausable_stack.kafka_bootstrap, pausable_stack.es_url
+            )
+        )
     )
-    kafka = stack.kafka_es.process
+    kafka = pausable_stack.kafka_es.process
     assert kafka is not None
     records = make_history(300, collections=COLLECTIONS, documents=20)
     client = mongo_client(settings.mongo, app_name="relay-tests")
