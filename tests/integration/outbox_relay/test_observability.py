@@ -130,7 +130,7 @@ async def test_readiness_turns_red_when_records_wait_and_kafka_stops_committing(
             kafka.send_signal(signal.SIGSTOP)  # the broker stops answering; MongoDB still does
             try:
                 await write_outbox(client, settings, records[20:])
-                await wait_until(lambda: status_is(503), timeout_s=20, what="/readyz 503")
+                await wait_until(lambda: status_is(503), timeout_s=60, what="/readyz 503")
                 body = (await http.get("/readyz")).json()
                 backlog = metric((await http.get("/metrics")).text, "outbox_outbox_backlog")
             finally:
